@@ -1,0 +1,283 @@
+"""The `emuvideo` command: parse, check, call a library function. Errors end in one line and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+EXIT_USAGE = 2
+
+
+class CLIError(ValueError):
+    """A bad argument, reported as one line on stderr."""
+
+
+# ---------------------------------------------------------------------------------------------- options
+def _add_sampling_options(p: argparse.ArgumentParser) -> None:
+    # Defaults live in the pipelines' signatures; None here means "the pipeline's default".
+    p.add_argument("--model", help="model folder or Hub id (default: the model shipped with emuvideo)")
+    p.add_argument("--negative-prompt")
+    p.add_argument("--seed", type=int, default=0, help="noise seed; each prompt uses it (default: 0)")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 25)")
+    p.add_argument("--num-frames", type=int, help="frames per video (default: the model's training length)")
+    p.add_argument("--fps", type=int, help="frame rate of the written file (default: the model's)")
+    p.add_argument("--height", type=int)
+    p.add_argument("--width", type=int)
+    p.add_argument("--guidance-image", type=float, help="w_i, image guidance scale (default: 2.0)")
+    p.add_argument("--guidance-text", type=float, help="w_p, text guidance scale (default: 7.5)")
+    p.add_argument("--lora", help="a LoRA folder (adapter_model.safetensors + adapter_config.json) from finetune")
+    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA (0 = base model)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="emuvideo", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="text -> image -> video")
+    gen.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    gen.add_argument("--prompt-file", help="a text file, one prompt a line")
+    gen.add_argument("--output", help="the video file for one prompt (.mp4 or .gif)")
+    gen.add_argument("--output-dir", help="a folder for several videos: 000.mp4, 001.mp4, ... in prompt order")
+    gen.add_argument("--format", choices=("mp4", "gif"), default="mp4", help="file type with --output-dir")
+    gen.add_argument("--save-image", action="store_true", help="also write each generated first frame (.png)")
+    _add_sampling_options(gen)
+
+    ani = sub.add_parser("animate", help="bring an image to life: (image, text) -> video")
+    ani.add_argument("--image", required=True, help="the first frame (png, jpg, ...)")
+    ani.add_argument("--prompt", required=True)
+    ani.add_argument("--output", required=True, help="the video file (.mp4 or .gif)")
+    _add_sampling_options(ani)
+
+    sub.add_parser("info", help="versions, device, attention backend, where the default model lives")
+
+    train = sub.add_parser("train", help="run a training stage from a YAML config (configs/stages/*.yaml)")
+    train.add_argument("--config", required=True)
+    train.add_argument("--resume", help="'latest' or a checkpoint folder")
+    train.add_argument("--max-steps", type=int, help="override the config's max_steps")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+
+    ft = sub.add_parser("finetune", help="fine-tune the video model on your clips (LoRA / QLoRA / full)")
+    ft.add_argument("--data", required=True, help="folder of clips with .txt captions or metadata.jsonl/.csv")
+    ft.add_argument("--config", help="a YAML in configs/finetune/ (default: configs/finetune/lora.yaml values)")
+    ft.add_argument("--output-dir", help="the run folder (default: runs/finetune)")
+    ft.add_argument("--model", help="base model folder or Hub id (default: the shipped model)")
+    ft.add_argument("--resume", help="'latest' or a checkpoint folder")
+    ft.add_argument("--max-steps", type=int, help="override the config's max_steps")
+    ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+
+    lora = sub.add_parser("lora", help="LoRA utilities")
+    lora_sub = lora.add_subparsers(dest="lora_command", required=True)
+    merge = lora_sub.add_parser("merge", help="bake a LoRA into a copy of the model folder")
+    merge.add_argument("--lora", required=True)
+    merge.add_argument("--output", required=True, help="the new model folder")
+    merge.add_argument("--model", help="base model (default: the shipped model)")
+    merge.add_argument("--lora-scale", type=float, default=1.0)
+    return parser
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _check_sampling(args) -> None:
+    if args.num_frames is not None and args.num_frames < 1:
+        raise CLIError(f"--num-frames must be >= 1, got {args.num_frames}")
+    if args.num_inference_steps is not None and args.num_inference_steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {args.num_inference_steps}")
+    if args.fps is not None and args.fps < 1:
+        raise CLIError(f"--fps must be >= 1, got {args.fps}")
+    for name in ("height", "width"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name} must be >= 1, got {value}")
+    if args.model is not None:
+        path = Path(args.model).expanduser()
+        looks_local = path.is_absolute() or args.model.startswith((".", "~")) or args.model.count("/") != 1
+        if looks_local and not path.is_dir():
+            raise CLIError(f"--model {args.model!r}: no such model folder")
+    if args.lora is not None and not Path(args.lora).is_dir():
+        raise CLIError(f"--lora {args.lora!r}: no such LoRA folder")
+
+
+def _read_prompts(args) -> list[str]:
+    prompts = list(args.prompt)
+    if args.prompt_file:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise CLIError(f"--prompt-file {args.prompt_file!r} does not exist")
+        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise CLIError("give a prompt with --prompt TEXT or --prompt-file FILE")
+    for p in prompts:
+        if not p.strip():
+            raise CLIError(f"--prompt must be non-empty text, got {p!r}")
+    return prompts
+
+
+def _output_paths(args, n: int) -> list[Path]:
+    from .utils.video import check_video_path
+
+    if args.output and args.output_dir:
+        raise CLIError("give --output (one video) or --output-dir (several), not both")
+    if args.output:
+        if n != 1:
+            raise CLIError(f"--output takes one video but {n} prompts were given; use --output-dir")
+        return [check_video_path(args.output)]
+    if args.output_dir:
+        out = Path(args.output_dir)
+        if out.exists() and not out.is_dir():
+            raise CLIError(f"--output-dir {args.output_dir!r} is a file")
+        return [out / f"{i:03d}.{args.format}" for i in range(n)]
+    raise CLIError("give --output FILE.mp4 or --output-dir DIR")
+
+
+def _sampling_kwargs(args) -> dict:
+    keys = ("negative_prompt", "num_inference_steps", "num_frames", "fps", "height", "width")
+    kwargs = {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
+    if args.guidance_image is not None:
+        kwargs["guidance_image"] = args.guidance_image
+    if args.guidance_text is not None:
+        kwargs["guidance_text"] = args.guidance_text
+    return kwargs
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise CLIError(f"--device {name!r}: CUDA is not available on this machine")
+    return name
+
+
+def _load(args, device: str):
+    import torch
+
+    from .pipelines.loading import load_pipeline
+
+    dtype = torch.float16 if device.startswith("cuda") else torch.float32
+    pipe = load_pipeline(args.model, device=device, dtype=dtype)
+    if args.lora:
+        from .training.lora import apply_lora
+
+        apply_lora(pipe, args.lora, scale=args.lora_scale)
+    pipe.set_progress_bar_config(disable=args.quiet)
+    return pipe
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def cmd_generate(args) -> None:
+    import torch
+
+    from .utils.video import save_image, write_video
+
+    _check_sampling(args)
+    prompts = _read_prompts(args)
+    outputs = _output_paths(args, len(prompts))
+    device = _device(args.device)
+    pipe = _load(args, device)
+    for prompt, path in zip(prompts, outputs):
+        generator = torch.Generator(device).manual_seed(args.seed)
+        out = pipe(prompt, generator=generator, **_sampling_kwargs(args))
+        write_video(path, out.frames[0], out.fps)
+        print(path)
+        if args.save_image:
+            image_path = path.with_suffix(".png")
+            save_image(image_path, out.images[0])
+            print(image_path)
+
+
+def cmd_animate(args) -> None:
+    import torch
+
+    from .utils.video import check_video_path, load_image, write_video
+
+    _check_sampling(args)
+    if not args.prompt.strip():
+        raise CLIError(f"--prompt must be non-empty text, got {args.prompt!r}")
+    output = check_video_path(args.output)
+    image = load_image(args.image)
+    device = _device(args.device)
+    pipe = _load(args, device).image_to_video
+    generator = torch.Generator(device).manual_seed(args.seed)
+    out = pipe(image, args.prompt, generator=generator, **_sampling_kwargs(args))
+    write_video(output, out.frames[0], out.fps)
+    print(output)
+
+
+def cmd_info(args) -> None:
+    import diffusers
+    import torch
+    import transformers
+
+    from .pipelines.loading import default_model_dir
+
+    try:
+        import xformers  # noqa: F401
+
+        xformers_version = xformers.__version__
+    except ImportError:
+        xformers_version = "not installed"
+    default = default_model_dir()
+    lines = {
+        "emuvideo": __import__("emuvideo").__version__,
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "transformers": transformers.__version__,
+        "device": f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu",
+        "cpu threads": torch.get_num_threads(),
+        "attention": "xformers" if xformers_version != "not installed" and torch.cuda.is_available() else "torch SDPA",
+        "xformers": xformers_version,
+        "default model": f"{default}" + ("" if (default / "model_index.json").is_file() else " (missing: random init)"),
+    }
+    for key, value in lines.items():
+        print(f"{key + ':':16} {value}")
+
+
+def cmd_train(args) -> None:
+    from .training.stages import run_stage_from_cli
+
+    run_stage_from_cli(args)
+
+
+def cmd_finetune(args) -> None:
+    from .training.finetune import run_finetune_from_cli
+
+    run_finetune_from_cli(args)
+
+
+def cmd_lora(args) -> None:
+    from .training.lora import merge_lora_cli
+
+    merge_lora_cli(args)
+
+
+COMMANDS = {
+    "generate": cmd_generate,
+    "animate": cmd_animate,
+    "info": cmd_info,
+    "train": cmd_train,
+    "finetune": cmd_finetune,
+    "lora": cmd_lora,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        COMMANDS[args.command](args)
+    except (ValueError, FileNotFoundError) as err:  # bad input: one line, no traceback
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"emuvideo {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("emuvideo: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

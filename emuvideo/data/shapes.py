@@ -1,0 +1,393 @@
+"""The synthetic "shapes world": one coloured shape moving on black, with captions.
+
+The world is small enough to train on a CPU and exact enough to judge automatically
+(`emuvideo.evaluation.judge`), so it stands in for the paper's 34M captioned clips:
+
+- frames are `FRAME_SIZE` x `FRAME_SIZE` RGB on pure black with exactly one filled object;
+- the object is a circle (diameter d), an axis-aligned square (side d) or an apex-up triangle
+  (base d, height d), with d drawn uniformly from `SIZE_RANGE`;
+- it moves at constant velocity left/right/up/down, "slowly" (1.0 px per frame) or "quickly"
+  (2.5 px per frame) at `REFERENCE_FPS`; at another frame rate f the per-frame displacement is
+  `speed * REFERENCE_FPS / f`, so a second of video always covers the same distance;
+- it stays fully inside the frame for the whole clip.
+
+Coordinates are continuous pixels of the 64 px world: pixel (row i, column j) covers
+[j, j + 1) x [i, i + 1), x grows right and y grows down. A `ShapeSpec`'s (x, y) is the centre of
+the object's d x d bounding box at frame 0 (for the triangle this is d/6 above its centroid).
+
+The combination split follows the paper's setting (images plentiful, videos scarce): the
+text-to-image data has all colour x shape pairs, the video data leaves `VIDEO_HELD_OUT_PAIRS` out,
+so a model can only get "a blue triangle moving left" right by combining what it learned from
+images with motion learned from other pairs.
+"""
+
+import dataclasses
+import random
+import re
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+COLOURS: dict[str, tuple[int, int, int]] = {
+    "red": (220, 40, 40),
+    "green": (40, 190, 70),
+    "blue": (50, 90, 230),
+    "yellow": (235, 215, 40),
+    "white": (235, 235, 235),
+}
+SHAPES = ("circle", "square", "triangle")
+DIRECTIONS = ("left", "right", "up", "down")
+SPEEDS = {"slowly": 1.0, "quickly": 2.5}  # px per frame at REFERENCE_FPS
+REFERENCE_FPS = 8
+FRAME_SIZE = 64
+SIZE_RANGE = (14, 20)
+
+# The one place that defines the combination split; everything else derives from it.
+VIDEO_HELD_OUT_PAIRS = frozenset({("blue", "triangle"), ("yellow", "square"), ("white", "circle")})
+IMAGE_PAIRS: tuple[tuple[str, str], ...] = tuple((c, s) for c in COLOURS for s in SHAPES)
+VIDEO_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in IMAGE_PAIRS if p not in VIDEO_HELD_OUT_PAIRS)
+
+# Unit vectors in image coordinates (y grows downward, so "up" is negative y).
+_DIRECTION_VECTORS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+
+# Supersampling factor for anti-aliasing: coverage is measured on a 4x finer grid, so positions
+# are honoured to 1/4 px and 1 px/frame motion at high fps moves smoothly instead of in jumps.
+_SUPERSAMPLE = 4
+
+
+@dataclass(frozen=True)
+class ShapeSpec:
+    """Everything that determines a clip of the shapes world.
+
+    Args:
+        colour: a key of `COLOURS`.
+        shape: one of `SHAPES`.
+        direction: one of `DIRECTIONS`.
+        speed: a key of `SPEEDS` ("slowly" or "quickly").
+        size: d in world pixels: circle diameter, square side, triangle base and height.
+        x, y: centre of the object's d x d bounding box at frame 0, in world pixels.
+    """
+
+    colour: str
+    shape: str
+    direction: str
+    speed: str
+    size: float
+    x: float
+    y: float
+
+    def __post_init__(self):
+        _check_choice("colour", self.colour, COLOURS)
+        _check_choice("shape", self.shape, SHAPES)
+        _check_choice("direction", self.direction, DIRECTIONS)
+        _check_choice("speed", self.speed, SPEEDS)
+        if self.size <= 0:
+            raise ValueError(f"size must be > 0, got {self.size}")
+
+
+def _check_choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
+
+
+def displacement_per_frame(speed: str, fps: float) -> float:
+    """Pixels the object moves between consecutive frames of a clip sampled at `fps`."""
+    _check_choice("speed", speed, SPEEDS)
+    if fps <= 0:
+        raise ValueError(f"fps must be > 0, got {fps}")
+    return SPEEDS[speed] * REFERENCE_FPS / fps
+
+
+def centre_trajectory(spec: ShapeSpec, num_frames: int, fps: float) -> np.ndarray:
+    """Bounding-box centre of the object at every frame, shape (num_frames, 2) as (x, y)."""
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    step = displacement_per_frame(spec.speed, fps)
+    dx, dy = _DIRECTION_VECTORS[spec.direction]
+    t = np.arange(num_frames, dtype=np.float64)
+    return np.stack([spec.x + dx * step * t, spec.y + dy * step * t], axis=1)
+
+
+# ----------------------------------------------------------------------------------------------
+# Captions
+# ----------------------------------------------------------------------------------------------
+
+_SHAPE_WORDS = {"circle": ("circle", "ball"), "square": ("square", "box"), "triangle": ("triangle",)}
+_DIRECTION_PHRASES = {
+    "left": ("left", "to the left"),
+    "right": ("right", "to the right"),
+    "up": ("up", "upwards"),
+    "down": ("down", "downwards"),
+}
+_SPEED_ADVERBS = {"slowly": ("slowly",), "quickly": ("quickly", "fast")}
+_SPEED_ADJECTIVES = {"slowly": ("slow",), "quickly": ("fast", "quick")}
+_VERBS = ("moves", "slides", "drifts", "travels")
+_VERBS_ING = ("moving", "sliding", "drifting", "travelling")
+
+# parse_caption's vocabulary: every word that names an attribute, mapped to its canonical value.
+_WORD_TO_VALUE = {
+    "colour": {c: c for c in COLOURS},
+    "shape": {"circle": "circle", "ball": "circle", "disc": "circle", "disk": "circle",
+              "square": "square", "box": "square", "triangle": "triangle"},
+    "direction": {"left": "left", "leftward": "left", "leftwards": "left",
+                  "right": "right", "rightward": "right", "rightwards": "right",
+                  "up": "up", "upward": "up", "upwards": "up",
+                  "down": "down", "downward": "down", "downwards": "down"},
+    "speed": {"slowly": "slowly", "slow": "slowly",
+              "quickly": "quickly", "quick": "quickly", "fast": "quickly", "rapidly": "quickly"},
+}
+
+
+def canonical_caption(colour: str, shape: str, direction: str, speed: str) -> str:
+    """The canonical prompt, e.g. "a red circle moving left slowly"."""
+    _check_choice("colour", colour, COLOURS)
+    _check_choice("shape", shape, SHAPES)
+    _check_choice("direction", direction, DIRECTIONS)
+    _check_choice("speed", speed, SPEEDS)
+    return f"a {colour} {shape} moving {direction} {speed}"
+
+
+def random_caption(spec: ShapeSpec, rng: random.Random) -> str:
+    """One of several phrasings of `spec` (the canonical one included).
+
+    Some phrasings leave the speed out: such a caption fits the clip at either speed, which is
+    the point (captions of real videos rarely say everything).
+    """
+    c, d, sp = spec.colour, spec.direction, spec.speed
+    noun = rng.choice(_SHAPE_WORDS[spec.shape])
+    where = rng.choice(_DIRECTION_PHRASES[d])
+    templates = (
+        lambda: canonical_caption(c, spec.shape, d, sp),
+        lambda: f"a {c} {noun} {rng.choice(_VERBS)} {where} {rng.choice(_SPEED_ADVERBS[sp])}",
+        lambda: f"a {c} {noun} {rng.choice(_VERBS_ING)} {where} {rng.choice(_SPEED_ADVERBS[sp])}",
+        lambda: f"a {rng.choice(_SPEED_ADJECTIVES[sp])} {c} {noun} {rng.choice(_VERBS_ING)} {where}",
+        lambda: f"a {c} {noun} {rng.choice(_VERBS)} {where}",  # speed left out
+        lambda: f"a {c} {noun} moving {where}",  # speed left out
+    )
+    return rng.choice(templates)()
+
+
+def parse_caption(text: str) -> Optional[dict]:
+    """Recover the attributes named by a caption of the shapes world.
+
+    Understands the canonical form and the synonyms used by `random_caption` (ball, box, slides,
+    "to the left", "upwards", fast/slow, ...). Case and punctuation are ignored.
+
+    Returns:
+        `{"colour", "shape", "direction", "speed"}` with canonical values, `speed` None when the
+        caption does not say; or None when colour, shape or direction is missing, or when a caption
+        names two different values of one attribute (e.g. "a red and blue circle").
+    """
+    words = re.findall(r"[a-z]+", text.lower())
+    found = {}
+    for attribute, vocabulary in _WORD_TO_VALUE.items():
+        values = {vocabulary[w] for w in words if w in vocabulary}
+        if len(values) > 1:
+            return None
+        found[attribute] = values.pop() if values else None
+    if found["colour"] is None or found["shape"] is None or found["direction"] is None:
+        return None
+    return found
+
+
+def canonical_prompts() -> list[dict]:
+    """The 120 canonical prompts (15 pairs x 4 directions x 2 speeds) in a fixed order.
+
+    Each entry is `{"colour", "shape", "direction", "speed", "prompt"}`. Pairs held out of the video
+    data are included: they are what the evaluation is most interested in.
+    """
+    return [
+        {"colour": c, "shape": s, "direction": d, "speed": sp, "prompt": canonical_caption(c, s, d, sp)}
+        for c, s in IMAGE_PAIRS
+        for d in DIRECTIONS
+        for sp in SPEEDS
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Sampling and rendering
+# ----------------------------------------------------------------------------------------------
+
+
+def sample_spec(
+    rng: random.Random,
+    num_frames: int,
+    fps: float,
+    pairs: Sequence[tuple[str, str]] = IMAGE_PAIRS,
+    colour: Optional[str] = None,
+    shape: Optional[str] = None,
+    direction: Optional[str] = None,
+    speed: Optional[str] = None,
+) -> ShapeSpec:
+    """Draw a random spec whose object stays fully inside the frame for all `num_frames` frames.
+
+    Attributes left as None are drawn uniformly; colour and shape are drawn from `pairs` (so a
+    video dataset cannot produce a held-out pair by accident, even when one of them is fixed).
+    Size is uniform over `SIZE_RANGE`, the position uniform over the feasible range.
+
+    When a long fast clip would not fit an object of the largest size (e.g. 37 frames at 16 fps,
+    quickly), the size is drawn from the part of `SIZE_RANGE` that fits; when even the smallest
+    object cannot cross the frame in time a ValueError says so.
+    """
+    if colour is not None:
+        _check_choice("colour", colour, COLOURS)
+    if shape is not None:
+        _check_choice("shape", shape, SHAPES)
+    candidates = [p for p in pairs if colour in (None, p[0]) and shape in (None, p[1])]
+    if not candidates:
+        raise ValueError(f"no pair in `pairs` matches colour={colour!r}, shape={shape!r} (pairs={list(pairs)})")
+    colour, shape = rng.choice(candidates)
+    direction = rng.choice(DIRECTIONS) if direction is None else direction
+    speed = rng.choice(list(SPEEDS)) if speed is None else speed
+    _check_choice("direction", direction, DIRECTIONS)
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+
+    travel = displacement_per_frame(speed, fps) * (num_frames - 1)
+    max_size = min(SIZE_RANGE[1], FRAME_SIZE - travel)
+    if max_size < SIZE_RANGE[0]:
+        raise ValueError(
+            f"a {speed} object travels {travel:.1f} px over {num_frames} frames at {fps} fps and cannot stay "
+            f"inside the {FRAME_SIZE} px frame (needs travel <= {FRAME_SIZE - SIZE_RANGE[0]} px); use fewer frames "
+            f"or a higher fps"
+        )
+    size = rng.uniform(SIZE_RANGE[0], max_size)
+    half = size / 2
+
+    # Along the motion axis the start must leave room for the whole travel; across it, any
+    # position that keeps the object inside.
+    dx, dy = _DIRECTION_VECTORS[direction]
+    x = _uniform_start(rng, half, travel if dx else 0.0, backwards=dx < 0)
+    y = _uniform_start(rng, half, travel if dy else 0.0, backwards=dy < 0)
+    return ShapeSpec(colour, shape, direction, speed, size, x, y)
+
+
+def _uniform_start(rng: random.Random, half: float, travel: float, backwards: bool) -> float:
+    low, high = half, FRAME_SIZE - half - travel  # range for a forward (increasing) motion
+    if backwards:
+        low, high = low + travel, high + travel
+    return rng.uniform(low, high)
+
+
+def render_clip(spec: ShapeSpec, num_frames: int, fps: float = REFERENCE_FPS, size: int = FRAME_SIZE) -> np.ndarray:
+    """Render the clip described by `spec`.
+
+    Each pixel is the object's colour times the fraction of the pixel the object covers (measured
+    on a 4x supersampled grid), so fully covered pixels are exactly the colour, the background is
+    exactly black, and edges are anti-aliased.
+
+    Args:
+        spec: the clip.
+        num_frames: T.
+        fps: frame rate, which sets the per-frame displacement (`displacement_per_frame`).
+        size: output side in pixels; the 64 px world is scaled to it, so other sizes show the same
+            picture at another resolution.
+
+    Returns:
+        (T, size, size, 3) uint8 array.
+    """
+    if size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    scale = size / FRAME_SIZE  # output pixels per world pixel
+    half = spec.size / 2 * scale
+    colour = np.asarray(COLOURS[spec.colour], dtype=np.float64)
+    clip = np.zeros((num_frames, size, size, 3), dtype=np.uint8)
+    for t, (cx, cy) in enumerate(centre_trajectory(spec, num_frames, fps) * scale):
+        # Only the pixels under the bounding box can be covered; rendering just that window keeps
+        # the 4x supersampling cheap.
+        x0, x1 = max(0, int(np.floor(cx - half))), min(size, int(np.ceil(cx + half)))
+        y0, y1 = max(0, int(np.floor(cy - half))), min(size, int(np.ceil(cy + half)))
+        if x1 <= x0 or y1 <= y0:
+            continue
+        u = (np.arange(x0 * _SUPERSAMPLE, x1 * _SUPERSAMPLE) + 0.5) / _SUPERSAMPLE - cx  # (Sx,) offsets along x
+        v = (np.arange(y0 * _SUPERSAMPLE, y1 * _SUPERSAMPLE) + 0.5) / _SUPERSAMPLE - cy  # (Sy,) offsets along y
+        u, v = u[None, :], v[:, None]
+        if spec.shape == "circle":
+            inside = u * u + v * v <= half * half
+        elif spec.shape == "square":
+            inside = (np.abs(u) <= half) & (np.abs(v) <= half)
+        else:  # triangle: apex at (0, -half), base on v = +half; half-width grows 1/2 px per px down
+            inside = (v >= -half) & (v <= half) & (np.abs(u) <= (v + half) / 2)
+        inside = np.broadcast_to(inside, (v.shape[0], u.shape[1]))
+        coverage = inside.reshape(y1 - y0, _SUPERSAMPLE, x1 - x0, _SUPERSAMPLE).mean(axis=(1, 3))  # (h, w)
+        clip[t, y0:y1, x0:x1] = np.rint(coverage[..., None] * colour)
+    return clip
+
+
+class ShapesDataset(torch.utils.data.Dataset):
+    """Clips (or, with `num_frames=1`, images) of the shapes world, generated on the fly.
+
+    Item `i` depends only on `(seed, i)`, so a dataset is reproducible and workers need no shared
+    state. `split="video"` draws colour x shape pairs from `VIDEO_PAIRS` (held-out pairs never
+    appear), `split="image"` from all `IMAGE_PAIRS`.
+
+    Args:
+        split: "video" or "image".
+        num_frames: T frames per item.
+        fps: frame rate the clip is sampled at (sets the per-frame displacement).
+        length: number of items.
+        seed: dataset seed.
+        resolution: output side; below 64 the 64 px render is area-downsampled (low-resolution
+            training stages), above 64 the world is rendered directly at that size.
+        canonical_only: caption every item with `canonical_caption` instead of a random phrasing.
+
+    Items are dicts:
+        "pixel_values": float32 tensor (3, T, resolution, resolution) in [-1, 1];
+        "caption": str;
+        "spec": `dataclasses.asdict` of the `ShapeSpec`.
+    """
+
+    def __init__(
+        self,
+        split: str,
+        num_frames: int,
+        fps: float,
+        length: int,
+        seed: int = 0,
+        resolution: int = FRAME_SIZE,
+        canonical_only: bool = False,
+    ):
+        _check_choice("split", split, ("video", "image"))
+        if num_frames < 1:
+            raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if fps <= 0:
+            raise ValueError(f"fps must be > 0, got {fps}")
+        if length < 1:
+            raise ValueError(f"length must be >= 1, got {length}")
+        if resolution < 1:
+            raise ValueError(f"resolution must be >= 1, got {resolution}")
+        self.split = split
+        self.pairs = VIDEO_PAIRS if split == "video" else IMAGE_PAIRS
+        self.num_frames = num_frames
+        self.fps = fps
+        self.length = length
+        self.seed = seed
+        self.resolution = resolution
+        self.canonical_only = canonical_only
+        # Fail now rather than in a worker process mid-epoch if a fast clip cannot fit the frame.
+        sample_spec(random.Random(0), num_frames, fps, speed="quickly")
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __getitem__(self, index: int) -> dict:
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for ShapesDataset of length {self.length}")
+        # SeedSequence mixes (seed, index) so neighbouring seeds do not share items.
+        rng = random.Random(int(np.random.SeedSequence([self.seed, index]).generate_state(1)[0]))
+        spec = sample_spec(rng, self.num_frames, self.fps, pairs=self.pairs)
+        caption = canonical_caption(spec.colour, spec.shape, spec.direction, spec.speed)
+        if not self.canonical_only:
+            caption = random_caption(spec, rng)
+
+        render_size = max(self.resolution, FRAME_SIZE)
+        frames = torch.from_numpy(render_clip(spec, self.num_frames, self.fps, size=render_size))
+        video = frames.permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (T, H, W, 3) -> (3, T, H, W)
+        if self.resolution < render_size:
+            # Area averaging is the exact box-filter downsample, so low-res stages see no aliasing.
+            video = F.interpolate(video, size=(self.resolution, self.resolution), mode="area")
+        return {"pixel_values": video.contiguous(), "caption": caption, "spec": dataclasses.asdict(spec)}

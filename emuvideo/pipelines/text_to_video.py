@@ -1,0 +1,125 @@
+"""The factorized text-to-video pipeline: text -> image -> video (paper §3)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
+
+from ..models.video_unet import EmuVideoUNet
+from .image_to_video import EmuImageToVideoPipeline, EmuVideoPipelineOutput
+from .text_to_image import EmuTextToImagePipeline
+
+
+class EmuVideoPipeline(DiffusionPipeline):
+    r"""Emu Video: generate an image from the text, then a video from the image and the text.
+
+    Components: `vae`, `text_encoder`, `tokenizer` (shared by both stages), `image_unet` + `image_scheduler`
+    (the text-to-image stage), `unet` (an `EmuVideoUNet` inflated from `image_unet`) + `scheduler`
+    (the image-to-video stage). `text_to_image` and `image_to_video` give each stage as its own pipeline,
+    sharing these modules (no copies).
+    """
+
+    model_cpu_offload_seq = "text_encoder->image_unet->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder,
+        tokenizer,
+        image_unet: UNet2DConditionModel,
+        image_scheduler: SchedulerMixin,
+        unet: EmuVideoUNet,
+        scheduler: SchedulerMixin,
+        default_fps: int = 8,
+        default_num_frames: int = 16,
+    ):
+        super().__init__()
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            image_unet=image_unet,
+            image_scheduler=image_scheduler,
+            unet=unet,
+            scheduler=scheduler,
+        )
+        self.register_to_config(default_fps=default_fps, default_num_frames=default_num_frames)
+
+    @property
+    def text_to_image(self) -> EmuTextToImagePipeline:
+        pipe = EmuTextToImagePipeline(self.vae, self.text_encoder, self.tokenizer, self.image_unet, self.image_scheduler)
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
+
+    @property
+    def image_to_video(self) -> EmuImageToVideoPipeline:
+        pipe = EmuImageToVideoPipeline(
+            self.vae,
+            self.text_encoder,
+            self.tokenizer,
+            self.unet,
+            self.scheduler,
+            default_fps=self.config.default_fps,
+            default_num_frames=self.config.default_num_frames,
+        )
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        prompt: str | list[str],
+        negative_prompt: str | list[str] | None = None,
+        num_frames: int | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 25,
+        image_num_inference_steps: int | None = None,
+        image_guidance_scale: float = 7.5,
+        guidance_image: float = 2.0,
+        guidance_text: float = 7.5,
+        generator: torch.Generator | None = None,
+        fps: int | None = None,
+        output_type: str = "np",
+    ) -> EmuVideoPipelineOutput:
+        r"""
+        Args:
+            prompt: one text or a list (one video each).
+            negative_prompt: used by both stages' unconditional branches.
+            num_frames, height, width, fps: as in `EmuImageToVideoPipeline`.
+            num_inference_steps: sampler steps of the video stage (and of the image stage unless
+                `image_num_inference_steps` is given).
+            image_guidance_scale: classifier-free guidance of the text-to-image stage.
+            guidance_image, guidance_text: w_i and w_p of the video stage (paper: 2.0 and 7.5).
+            generator: for reproducible noise (the image stage draws first, then the video stage).
+            output_type: "np", "pt" or "latent".
+        Returns:
+            `EmuVideoPipelineOutput` with the frames and the generated first-frame images.
+        """
+        # 1. text -> image
+        images = self.text_to_image(
+            prompt,
+            negative_prompt=negative_prompt,
+            height=height,
+            width=width,
+            num_inference_steps=image_num_inference_steps or num_inference_steps,
+            guidance_scale=image_guidance_scale,
+            generator=generator,
+            output_type="pt",
+        ).images  # (B, 3, H, W) in [-1, 1]
+
+        # 2. (image, text) -> video
+        return self.image_to_video(
+            list(images),
+            prompt,
+            negative_prompt=negative_prompt,
+            num_frames=num_frames,
+            height=images.shape[-2],
+            width=images.shape[-1],
+            num_inference_steps=num_inference_steps,
+            guidance_image=guidance_image,
+            guidance_text=guidance_text,
+            generator=generator,
+            fps=fps,
+            output_type=output_type,
+        )
