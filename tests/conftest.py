@@ -58,7 +58,8 @@ def sd_folder(tmp_path_factory, tiny_clip):
         tokenizer=tokenizer,
         unet=build_unet2d("tiny"),
         scheduler=DDIMScheduler(
-            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
+            steps_offset=1,
         ),
         safety_checker=None,
         feature_extractor=None,

@@ -72,7 +72,7 @@ PRESETS: dict[str, Preset] = {
             down=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
             up=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         ),
-        vae=_vae((16, 32, 64, 64), sample_size=64, groups=16),
+        vae=_vae((8, 16, 32, 32), sample_size=64, groups=8),
         temporal_head_dim=32,
     ),
     # Stable Diffusion 2.1's U-Net (865M parameters), linear proj_in/out, 1024-d OpenCLIP text states.

@@ -48,7 +48,7 @@ def decode_frames(vae, latents: torch.Tensor, chunk: int = 32) -> torch.Tensor:
     t = latents.shape[2]
     z = rearrange(latents, "b c t h w -> (b t) c h w").to(vae.dtype)
     z = z / vae.config.scaling_factor + _shift(vae)
-    x = torch.cat([vae.decode(part).sample for part in z.split(chunk)])
+    x = torch.cat([vae.decode(part).sample for part in z.split(chunk)]).clamp(-1, 1)  # the decoder can overshoot
     return rearrange(x, "(b t) c h w -> b c t h w", t=t)
 
 
