@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 
 
 class CLIError(ValueError):
@@ -273,6 +274,13 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"emuvideo {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except RuntimeError as err:  # a run that diverged (NaN loss) ends in one line too; anything else is a bug
+        from .training.trainer import TrainingDiverged
+
+        if not isinstance(err, TrainingDiverged):
+            raise
+        print(f"emuvideo {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_FAILURE
     except KeyboardInterrupt:
         print("emuvideo: interrupted", file=sys.stderr)
         return 130

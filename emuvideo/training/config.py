@@ -55,6 +55,7 @@ class TrainConfig:
     image_dropout: float = 0.1  # p(drop the image condition) — enables the X(∅) guidance term
     text_dropout: float = 0.1  # p(drop the text) — enables the X(I) guidance term
     kl_weight: float = 1e-6  # autoencoder
+    decoder_only: bool = False  # autoencoder: fine-tune the decoder only; the latent space stays as it is
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_steps: int = 1000
@@ -67,6 +68,8 @@ class TrainConfig:
     sample_prompts: list[str] = field(
         default_factory=lambda: ["a red circle moving right slowly", "a blue triangle moving up quickly"]
     )
+    sample_prompt_file: str | None = None  # finetune: a text file, one prompt a line (replaces sample_prompts)
+    sample_image: str | None = None  # finetune: samples animate this first frame (None: text -> image -> video)
     log_every: int = 10
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)

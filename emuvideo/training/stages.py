@@ -76,6 +76,25 @@ def drop_captions(captions: list[str], text_dropout: float) -> list[str]:
     return ["" if random.random() < text_dropout else c for c in captions]
 
 
+class CaptionEncoder:
+    """Frozen-text-encoder states `(B, L, D)` for captions, memoised per caption string.
+
+    The shapes world's captions come from a finite set of phrasings, so after the first epoch the
+    text encoder (over half of a step's time on CPU) is not run again.
+    """
+
+    def __init__(self, tokenizer, text_encoder):
+        self.tokenizer, self.text_encoder, self.memo = tokenizer, text_encoder, {}
+
+    @torch.no_grad()
+    def __call__(self, captions: list[str], device) -> torch.Tensor:
+        missing = sorted({c for c in captions if c not in self.memo})
+        if missing:
+            states = encode_prompt(self.tokenizer, self.text_encoder, missing, device)
+            self.memo.update(zip(missing, states))
+        return torch.stack([self.memo[c] for c in captions]).to(device)
+
+
 # ---------------------------------------------------------------------------------------------- data
 class LatentClips(torch.utils.data.Dataset):
     """Cached latents `(C, T, h, w)` with the specs they were rendered from (captions drawn per step)."""
@@ -168,9 +187,19 @@ def build_autoencoder_stage(cfg: TrainConfig) -> dict:
 
     vae = AutoencoderKL.from_pretrained(str(Path(cfg.init) / "vae")) if cfg.init else build_vae(cfg.preset)
     dataset = ShapesDataset("image", 1, cfg.data.fps, cfg.data.num_clips, seed=cfg.seed, resolution=cfg.data.resolution)
+    if cfg.decoder_only:
+        # Sharpen reconstructions after the diffusion models were trained on this latent space (as SD's
+        # ft-MSE VAE did): the encoder is frozen, so every latent keeps its meaning.
+        vae.encoder.requires_grad_(False)
+        vae.quant_conv.requires_grad_(False)
 
     def loss_fn(model, batch):
         x = batch.to(next(model.parameters()).device)
+        if cfg.decoder_only:
+            with torch.no_grad():
+                z = model.encode(x).latent_dist.mode()
+            recon = model.decode(z).sample
+            return F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x)
         posterior = model.encode(x).latent_dist
         recon = model.decode(posterior.sample()).sample
         # Pixel MSE + L1 keeps the thin object edges sharp; a tiny KL keeps the latent smooth.
@@ -185,10 +214,11 @@ def build_autoencoder_stage(cfg: TrainConfig) -> dict:
 
     def save_fn(model, folder):
         # Scale latents to unit variance, as SD's scaling_factor does (measured on this stage's data).
-        x = _pixels([dataset[i] for i in range(min(256, len(dataset)))]).to(next(model.parameters()).device)
-        with torch.no_grad():
-            z = model.encode(x).latent_dist.mode()
-        model.register_to_config(scaling_factor=float(1.0 / z.std()))
+        if not cfg.decoder_only:  # a decoder fine-tune keeps the encoder and so the scale
+            x = _pixels([dataset[i] for i in range(min(256, len(dataset)))]).to(next(model.parameters()).device)
+            with torch.no_grad():
+                z = model.encode(x).latent_dist.mode()
+            model.register_to_config(scaling_factor=float(1.0 / z.std()))
         model.save_pretrained(Path(folder) / "vae")
 
     return dict(model=vae, loss_fn=loss_fn, dataset=dataset, collate_fn=_pixels, sample_fn=sample_fn, save_fn=save_fn)
@@ -202,13 +232,12 @@ def build_image_stage(cfg: TrainConfig) -> dict:
     latents, specs, _ = shapes_latents(cfg, vae, vae_id)
     dataset = LatentClips(latents[:, :, 0], specs)  # (N, C, h, w)
     train_scheduler = make_train_scheduler(cfg.objective)
+    encode_text = CaptionEncoder(tokenizer, text_encoder)
 
     def loss_fn(model, batch):
         x = batch["latents"]
         captions = drop_captions([caption_for(s) for s in batch["specs"]], cfg.text_dropout)
-        with torch.no_grad():
-            text = encode_prompt(tokenizer, text_encoder, captions, x.device)
-        return diffusion_loss(model, train_scheduler, x, text)
+        return diffusion_loss(model, train_scheduler, x, encode_text(captions, x.device))
 
     def sample_fn(model, step):
         from ..pipelines.text_to_image import EmuTextToImagePipeline
@@ -261,13 +290,12 @@ def build_video_stage(cfg: TrainConfig) -> dict:
         latents, specs = latents[torch.from_numpy(keep)], [specs[i] for i in keep]
     dataset = LatentClips(latents, specs)
     train_scheduler = make_train_scheduler(cfg.objective)
+    encode_text = CaptionEncoder(tokenizer, text_encoder)
 
     def loss_fn(model, batch):
         x = batch["latents"]
         captions = drop_captions([caption_for(s) for s in batch["specs"]], cfg.text_dropout)
-        with torch.no_grad():
-            text = encode_prompt(tokenizer, text_encoder, captions, x.device)
-        return video_training_loss(model, train_scheduler, x, text, cfg)
+        return video_training_loss(model, train_scheduler, x, encode_text(captions, x.device), cfg)
 
     def pipeline(model) -> EmuVideoPipeline:
         image_objective = (init / "objective.txt").read_text().strip() if (init / "objective.txt").is_file() else "v_prediction"

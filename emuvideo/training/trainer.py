@@ -150,6 +150,7 @@ class Trainer:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
         acc.save_state(str(tmp))
+        acc.wait_for_everyone()  # every process has written its RNG state into tmp before it is renamed
         if acc.is_main_process:
             state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
             (tmp / "trainer_state.json").write_text(json.dumps(state))
@@ -222,6 +223,7 @@ class Trainer:
                 with acc.accumulate(self.model):
                     loss = self.loss_fn(self.model, batch)
                     if not torch.isfinite(loss.detach()):
+                        bar.close()  # end the progress line, so the message gets a line of its own
                         last = checkpoints(self.output_dir)
                         raise TrainingDiverged(
                             f"loss is {loss.item()} at step {self.step}; stopped. Last good checkpoint: "

@@ -25,7 +25,7 @@ def check_video_path(path: str | Path) -> Path:
 def write_video(path: str | Path, frames: np.ndarray, fps: int) -> Path:
     """Write `(T, H, W, 3)` uint8 frames as H.264 `.mp4` or as `.gif`, atomically.
 
-    H.264 (yuv420p) needs even sizes: odd sizes are padded by one black row/column.
+    H.264 (yuv420p) needs even sizes: odd sizes get one repeated edge row/column (keeps the edge colour).
     """
     path = check_video_path(path)
     frames = np.asarray(frames)
@@ -43,7 +43,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int) -> Path:
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
     t, h, w, _ = frames.shape
-    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
+    frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]

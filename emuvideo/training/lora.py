@@ -1,0 +1,223 @@
+"""LoRA adapters on the video U-Net, through peft, saved in peft's own format.
+
+A LoRA folder is what `peft.PeftModel.save_pretrained` writes, so peft (and anything that reads peft
+adapters) loads it without emuvideo:
+
+    adapter_config.json          peft `LoraConfig` (r, lora_alpha, target_modules regex, base model)
+    adapter_model.safetensors    `base_model.model.<module>.lora_A.weight` / `.lora_B.weight`
+
+`target_modules` is a regex over `EmuVideoUNet` module names, built from `lora.layers`:
+``temporal`` adapts only modules under a `.temporal.` wrapper (the layers Emu Video adds, paper §3.1);
+``all`` adapts every module of the U-Net whose name ends in one of `lora.target_modules`.
+
+Loading is loud: a LoRA that names modules the model lacks, or misses some of its own weights, is an
+error rather than an adapter that silently does nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
+from peft.tuners.lora import LoraLayer
+from peft.tuners.tuners_utils import BaseTunerLayer
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import LoraConfig
+
+logger = logging.getLogger(__name__)
+
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+PEFT_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before module names
+ADAPTABLE = (nn.Linear, nn.Conv2d, nn.Conv3d)  # bnb Linear4bit is an nn.Linear
+
+
+# ---------------------------------------------------------------------------------------------- targets
+def target_regex(layers: str, target_modules: list[str]) -> str:
+    """peft `target_modules` regex (peft full-matches it against module names)."""
+    if not target_modules:
+        raise ValueError("lora.target_modules is empty: name at least one layer, e.g. to_q")
+    names = "|".join(re.escape(m) for m in target_modules)
+    if layers == "temporal":
+        return rf".*\.temporal\.(?:.*\.)?(?:{names})"
+    if layers == "all":
+        return rf"(?:.*\.)?(?:{names})"
+    raise ValueError(f"lora.layers must be 'temporal' or 'all', got {layers!r}")
+
+
+def resolve_targets(model: nn.Module, lora: LoraConfig) -> list[str]:
+    """Names of the modules `lora` adapts in `model`; an error when it matches none or a non-layer."""
+    pattern = re.compile(target_regex(lora.layers, lora.target_modules))
+    names = [n for n, m in model.named_modules() if not isinstance(m, BaseTunerLayer) and pattern.fullmatch(n)]
+    if not names:
+        raise ValueError(
+            f"lora.target_modules {lora.target_modules} with lora.layers={lora.layers!r} match no layer of the model"
+        )
+    modules = dict(model.named_modules())
+    wrong = [n for n in names if not isinstance(modules[n], ADAPTABLE)]
+    if wrong:
+        raise ValueError(f"lora.target_modules match {wrong[0]!r}, a {type(modules[wrong[0]]).__name__}, not a Linear/Conv layer")
+    return names
+
+
+def peft_config(lora: LoraConfig, base_model: str | None = None) -> PeftLoraConfig:
+    return PeftLoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=target_regex(lora.layers, lora.target_modules),
+        base_model_name_or_path=base_model,
+    )
+
+
+def add_lora(model: nn.Module, lora: LoraConfig, base_model: str | None = None) -> list[str]:
+    """Inject trainable LoRA layers into `model` in place (everything else frozen); returns their names.
+
+    A's weights start random (from torch's RNG: seed first for a reproducible run), B's at zero, so the
+    model starts out unchanged.
+    """
+    targets = resolve_targets(model, lora)
+    inject_adapter_in_model(peft_config(lora, base_model), model)
+    return targets
+
+
+# ---------------------------------------------------------------------------------------------- files
+def save_lora(model: nn.Module, folder: str | Path, adapter_name: str = "default") -> Path:
+    """Write `model`'s adapter as a peft LoRA folder (see module docstring), atomically."""
+    folder = Path(folder)
+    config = model.peft_config[adapter_name]
+    state = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
+    tensors = {PEFT_PREFIX + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
+    with _atomic_dir(folder) as tmp:
+        save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        inference = PeftLoraConfig(**{**config.to_dict(), "inference_mode": True})
+        inference.save_pretrained(str(tmp))
+    return folder
+
+
+def load_lora(model: nn.Module, folder: str | Path, scale: float = 1.0, adapter_name: str = "default") -> None:
+    """Add the LoRA saved in `folder` to `model` in place, at strength `scale` (0: the base model)."""
+    folder = Path(folder)
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        if not (folder / name).is_file():
+            raise ValueError(f"LoRA folder {str(folder)!r} has no {name}")
+    if adapter_name in getattr(model, "peft_config", {}):
+        raise ValueError(f"the model already has a LoRA named {adapter_name!r}; load the LoRA into a fresh model")
+    config = PeftLoraConfig.from_pretrained(str(folder))
+    state = load_file(str(folder / ADAPTER_WEIGHTS))
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
+    try:
+        inject_adapter_in_model(config, model, adapter_name)
+        result = set_peft_model_state_dict(model, state, adapter_name)
+    except (ValueError, RuntimeError) as err:  # no matching module / size mismatch: another base model
+        first = str(err).strip().splitlines()[0]
+        raise ValueError(f"LoRA {str(folder)!r} does not fit this model (trained on another base?): {first}") from err
+    if result.unexpected_keys:
+        raise ValueError(f"LoRA {str(folder)!r} has weights for layers the model lacks, e.g. {result.unexpected_keys[0]!r}")
+    missing = [k for k in result.missing_keys if f".{adapter_name}." in k and "lora_" in k]
+    if missing:
+        raise ValueError(f"LoRA {str(folder)!r} lacks weights for {len(missing)} of its layers, e.g. {missing[0]!r}")
+    set_lora_scale(model, scale, adapter_name)
+
+
+def set_lora_scale(model: nn.Module, scale: float, adapter_name: str = "default") -> None:
+    """Strength of a loaded LoRA: its update is multiplied by `scale` (0 gives back the base exactly)."""
+    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
+    if not layers:
+        raise ValueError("the model has no LoRA layers")
+    for layer in layers:
+        layer.set_scale(adapter_name, scale)
+
+
+def merge_lora_layers(model: nn.Module) -> None:
+    """Bake every LoRA into its base weight and put the plain layers back (in place)."""
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
+    if hasattr(model, "peft_config"):
+        del model.peft_config
+
+
+# ---------------------------------------------------------------------------------------------- pipelines
+def apply_lora(pipe, path: str | Path, scale: float = 1.0):
+    """Load a LoRA folder from `emuvideo finetune` into `pipe.unet` (the video U-Net), in place."""
+    load_lora(pipe.unet, path, scale=scale)
+    return pipe
+
+
+@contextlib.contextmanager
+def _atomic_dir(folder: Path):
+    """Yield a temporary folder beside `folder`; on success it replaces `folder` (a reader never sees half)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        yield tmp
+        if folder.exists():  # a rename cannot overwrite a folder: move the old one aside first
+            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+            os.replace(folder, old / folder.name)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def save_model_folder(pipe, out: str | Path, base_dir: str | Path | None = None) -> Path:
+    """Write `pipe` as a model folder `out`, atomically.
+
+    When `base_dir` is an `EmuVideoPipeline` folder it is copied and only its `unet/` is replaced by
+    `pipe.unet` (so a base shipped without its text encoder stays that way); otherwise (a Stable-Diffusion
+    folder that was inflated, a random model) the whole pipeline is saved.
+    """
+    out = Path(out)
+    index = Path(base_dir) / "model_index.json" if base_dir is not None else None
+    copy = index is not None and index.is_file() and json.loads(index.read_text()).get("_class_name") == "EmuVideoPipeline"
+    with _atomic_dir(out) as tmp:
+        if copy:
+            shutil.copytree(base_dir, tmp, dirs_exist_ok=True)
+            shutil.rmtree(tmp / "unet")
+            pipe.unet.save_pretrained(str(tmp / "unet"))
+        else:
+            pipe.save_pretrained(str(tmp))
+    return out
+
+
+def merge_lora(model_dir: str | Path | None, lora: str | Path, out: str | Path, scale: float = 1.0) -> Path:
+    """A copy of the model folder `model_dir` (None: the shipped default) with the LoRA baked in."""
+    from ..pipelines.loading import default_model_dir, load_pipeline
+
+    out = Path(out)
+    if out.exists():
+        raise ValueError(f"--output {str(out)!r} already exists; give a new folder")
+    if model_dir is None:
+        model_dir = default_model_dir()
+        if not (model_dir / "model_index.json").is_file():
+            raise ValueError("no default model is installed to merge into; give --model FOLDER")
+    pipe = load_pipeline(str(model_dir))
+    load_lora(pipe.unet, lora, scale=scale)
+    merge_lora_layers(pipe.unet)
+    local = Path(model_dir) if Path(model_dir).is_dir() else None
+    return save_model_folder(pipe, out, base_dir=local)
+
+
+def merge_lora_cli(args) -> None:
+    if args.lora_command != "merge":
+        raise ValueError(f"unknown lora command {args.lora_command!r}")
+    if not Path(args.lora).is_dir():
+        raise ValueError(f"--lora {args.lora!r}: no such LoRA folder")
+    print(merge_lora(args.model, args.lora, args.output, scale=args.lora_scale))

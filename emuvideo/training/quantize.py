@@ -1,0 +1,88 @@
+"""QLoRA's frozen base: the video U-Net's linear layers in 4-bit NormalFloat (Dettmers et al., 2023).
+
+Every `nn.Linear` of a frozen model becomes a bitsandbytes `Linear4bit` holding NF4 weights with double
+quantization (the per-block absmax scales are quantized too, QLoRA §3); the layers compute in bf16 on a
+GPU and in fp32 on a CPU. LoRA adapters (`emuvideo.training.lora`) then train on top of them in fp32 —
+peft wraps `Linear4bit` with its own bnb-aware LoRA layer.
+
+bitsandbytes is used directly rather than through diffusers' `BitsAndBytesConfig`, which refuses to
+load without a GPU; bitsandbytes >= 0.45 runs NF4 on a CPU too, so QLoRA is tested everywhere.
+Convolutions (resnets, temporal convs, conv_in) stay in full precision: bitsandbytes has no 4-bit conv.
+"""
+
+from __future__ import annotations
+
+import bitsandbytes as bnb
+import torch
+from torch import nn
+
+QUANT_TYPE = "nf4"  # NormalFloat4: information-theoretically optimal for normally distributed weights
+DOUBLE_QUANT = True  # compress_statistics: ~0.37 bit/parameter less for the scales
+
+
+def compute_dtype_for(device: str | torch.device) -> torch.dtype:
+    """bf16 on a GPU (the dtype QLoRA computes in), fp32 on a CPU (bf16 matmuls are slow there)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def _to_nf4(linear: nn.Linear, device: torch.device, compute_dtype: torch.dtype) -> bnb.nn.Linear4bit:
+    q = bnb.nn.Linear4bit(
+        linear.in_features,
+        linear.out_features,
+        bias=linear.bias is not None,
+        compute_dtype=compute_dtype,
+        compress_statistics=DOUBLE_QUANT,
+        quant_type=QUANT_TYPE,
+        device="meta",  # no fp32 copy: the weight is replaced just below
+    )
+    # Params4bit quantizes when it is moved to a device: one layer at a time, so a GPU never holds the
+    # full-precision model (that peak would defeat the point of QLoRA).
+    q.weight = bnb.nn.Params4bit(
+        linear.weight.data, requires_grad=False, compress_statistics=DOUBLE_QUANT, quant_type=QUANT_TYPE, module=q
+    ).to(device)
+    if linear.bias is not None:
+        q.bias = nn.Parameter(linear.bias.data.to(device), requires_grad=False)
+    # bitsandbytes 0.50 repacks a CPU layer's weight into a bf16 format the first time it runs in eval mode
+    # without grad: that breaks on layers narrower than a block (in_features < 64) and makes samples drawn
+    # during training compute differently from the training steps. Keep one format.
+    q.support_avx512bf16_for_cpu = False
+    return q
+
+
+def quantize_linear_layers(model: nn.Module, device: str | torch.device, compute_dtype: torch.dtype | None = None) -> int:
+    """Replace every `nn.Linear` of a frozen `model` by an NF4 `Linear4bit` on `device`, in place.
+
+    Everything else is moved to `device` unchanged. Sets `model.is_loaded_in_4bit`, which peft reads to
+    give these layers its 4-bit LoRA wrapper.
+
+    Args:
+        model: a module whose parameters are all frozen (QLoRA never updates the base).
+        device: where the quantized model lives ("cpu" or "cuda:N").
+        compute_dtype: the dtype the 4-bit layers compute in (default: `compute_dtype_for(device)`).
+    Returns:
+        how many layers were quantized.
+    """
+    device = torch.device(device)
+    compute_dtype = compute_dtype or compute_dtype_for(device)
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    if trainable:
+        raise ValueError(f"QLoRA quantizes a frozen base, but {len(trainable)} parameters are trainable (e.g. {trainable[0]})")
+    count = 0
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) is nn.Linear:  # exact type: peft/bnb subclasses are already wrapped
+                setattr(parent, name, _to_nf4(child, device, compute_dtype))
+                count += 1
+    if count == 0:
+        raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantize")
+    model.to(device)
+    model.is_loaded_in_4bit = True
+    return count
+
+
+def is_nf4(module: nn.Module) -> bool:
+    """True for a `Linear4bit` holding NF4 weights with double quantization."""
+    if not isinstance(module, bnb.nn.Linear4bit):
+        return False
+    state = module.weight.quant_state
+    return state is not None and state.quant_type == QUANT_TYPE and bool(state.nested) == DOUBLE_QUANT
