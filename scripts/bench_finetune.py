@@ -207,7 +207,8 @@ def main() -> int:
         "torch": torch.__version__, "baseline": BASELINE, "results": results,
     }
     Path(args.out).write_text(json.dumps(report, indent=1))
-    print(f"{report['device']}, preset {args.preset}, {args.frames} frames at {args.size}x{args.size}, batch {args.batch}")
+    size = f"{args.frames} frames at {args.size}x{args.size}, batch {args.batch}"
+    print(f"{report['device']}, preset {args.preset}, {size}")
     print(table(results, cuda))
     return 1 if any("error" in r for r in results) else 0
 

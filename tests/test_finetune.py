@@ -24,6 +24,11 @@ FRAMES = 4  # per training clip; the tiny model works at 16x16 pixels
 FAST = [f"data.num_frames={FRAMES}", "batch_size=2", "log_every=1", "sample_prompts=[a red square]"]
 
 
+def _sets(*pairs: str) -> list[str]:
+    """`--set` arguments: the fast tiny settings plus `pairs`."""
+    return [arg for pair in [*FAST, *pairs] for arg in ("--set", pair)]
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     # The tiny models are latency-bound: on a busy 2-core machine two threads are ~10x slower than one.
@@ -77,9 +82,10 @@ def test_cli_default_is_lora_yaml_and_the_shipped_configs_load():
     assert finetune.finetune_config(REPO / "configs/finetune/full.yaml").mode == "full"
 
 
-def test_cli_finetune_skips_bad_clips_by_name_then_generate_uses_the_lora(model_dir, clips, tmp_path, monkeypatch, recwarn, capsys):
+def test_cli_finetune_skips_bad_clips_by_name_then_generate_uses_the_lora(model_dir, clips, tmp_path, monkeypatch,
+                                                                          recwarn):
     monkeypatch.chdir(tmp_path)  # the defaults write runs/finetune and cache/ here
-    sets = [x for s in [*FAST, "sample_every=10", "checkpoint_every=10"] for x in ("--set", s)]
+    sets = _sets("sample_every=10", "checkpoint_every=10")
     assert main(["finetune", "--data", str(clips), "--model", str(model_dir), "--max-steps", "20", *sets]) == 0
 
     skipped = " ".join(str(w.message) for w in recwarn if "skipping" in str(w.message))
@@ -90,13 +96,14 @@ def test_cli_finetune_skips_bad_clips_by_name_then_generate_uses_the_lora(model_
     assert len((run / "losses.csv").read_text().splitlines()) == 20
     assert any((tmp_path / "cache").iterdir())  # the latent cache (data.cache_dir's default)
     saved = load_config(TrainConfig, run / "config.yaml")
-    assert saved.mode == "lora" and saved.init == str(model_dir) and saved.data.root == str(clips)
+    assert saved.mode == "lora" and saved.init == str(model_dir.resolve())
+    assert saved.data.root == str(clips.resolve())
     # Checkpoints hold the adapters only, not the frozen base.
     assert all("lora_" in k for k in load_file(run / "checkpoints/checkpoint-20/model.safetensors"))
 
     out = tmp_path / "x.mp4"
-    args = ["generate", "--model", str(model_dir), "--prompt", "a red square", "--num-frames", "3", "--steps", "2", "-q"]
-    assert main([*args, "--lora", str(run / "final"), "--output", str(out)]) == 0
+    args = ["generate", "--model", str(model_dir), "--prompt", "a red square", "--num-frames", "3", "--steps", "2"]
+    assert main([*args, "-q", "--lora", str(run / "final"), "--output", str(out)]) == 0
     frames, _ = read_frames(out)
     assert frames.shape[0] == 3
 
@@ -107,9 +114,8 @@ def test_qlora_yaml_runs_samples_from_a_prompt_file_and_image_and_resumes(model_
     (tmp_path / "prompts.txt").write_text("a red square\n\na blue square\n")
     Image.new("RGB", (16, 16), (200, 30, 30)).save(tmp_path / "first.png")
     run = tmp_path / "run"
-    sets = [x for s in [*FAST, "sample_every=2", "checkpoint_every=2", f"data.cache_dir={tmp_path}/cache",
-                        f"sample_prompt_file={tmp_path}/prompts.txt", f"sample_image={tmp_path}/first.png"]
-            for x in ("--set", s)]
+    sets = _sets("sample_every=2", "checkpoint_every=2", f"data.cache_dir={tmp_path}/cache",
+                 f"sample_prompt_file={tmp_path}/prompts.txt", f"sample_image={tmp_path}/first.png")
     args = ["finetune", "--config", str(REPO / "configs/finetune/qlora.yaml"), "--data", str(clips),
             "--model", str(model_dir), "--output-dir", str(run), *sets]
     assert main([*args, "--max-steps", "2"]) == 0
@@ -118,6 +124,8 @@ def test_qlora_yaml_runs_samples_from_a_prompt_file_and_image_and_resumes(model_
         "step000002-0.gif", "step000002-1.gif", "step000004-0.gif", "step000004-1.gif"]
     assert all("lora_" in k for k in load_file(run / "checkpoints/checkpoint-4/model.safetensors"))
     assert (run / "final" / ADAPTER_WEIGHTS).is_file()
+    # Resuming a QLoRA run as another run (here: a LoRA of another rank) is refused, not silently mixed.
+    assert main([*args, "--max-steps", "6", "--resume", "latest", "--set", "lora.rank=8"]) == 2
 
 
 def test_full_finetune_of_the_temporal_layers_writes_a_model_folder(model_dir, clips, tmp_path):
@@ -173,7 +181,8 @@ def test_no_usable_clip_exits_2_with_one_line_naming_the_folder(model_dir, tmp_p
     assert err.splitlines()[-1].startswith(f"emuvideo finetune: error: no usable clips in {bad}: 2 skipped")
 
 
-def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(model_dir, clips, tmp_path, monkeypatch, capsys):
+def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(model_dir, clips, tmp_path, monkeypatch,
+                                                                           capsys):
     real, calls = finetune.video_training_loss, []
 
     def loss_turning_nan(*args):
@@ -183,8 +192,9 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(model_
 
     monkeypatch.setattr(finetune, "video_training_loss", loss_turning_nan)
     run = tmp_path / "run"
-    sets = [x for s in [*FAST, "checkpoint_every=2", "sample_every=0", f"data.cache_dir={tmp_path}/cache"] for x in ("--set", s)]
-    code = main(["finetune", "--data", str(clips), "--model", str(model_dir), "--output-dir", str(run), "--max-steps", "10", *sets])
+    sets = _sets("checkpoint_every=2", "sample_every=0", f"data.cache_dir={tmp_path}/cache")
+    args = ["finetune", "--data", str(clips), "--model", str(model_dir), "--output-dir", str(run)]
+    code = main([*args, "--max-steps", "10", *sets])
     err = capsys.readouterr().err.strip()
     assert code == 1 and "Traceback" not in err
     last = err.splitlines()[-1]
@@ -200,13 +210,14 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(model_
 @pytest.mark.slow
 def test_two_processes_with_accelerate_launch(model_dir, clips, tmp_path):
     run = tmp_path / "run"
-    sets = [x for s in [*FAST, "sample_every=0", "checkpoint_every=2", f"data.cache_dir={tmp_path}/cache"] for x in ("--set", s)]
+    sets = _sets("sample_every=0", "checkpoint_every=2", f"data.cache_dir={tmp_path}/cache")
     # `accelerate launch --cpu` starts one process (several CPU processes need mpirun); the torchrun launcher
     # that --multi_gpu uses starts two, and ACCELERATE_USE_CPU makes them a gloo (CPU) process group: the
     # same DDP code path as on GPUs.
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "emuvideo.cli", "finetune", "--data", str(clips),
-           "--model", str(model_dir), "--output-dir", str(run), "--max-steps", "4", *sets]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    cmd = [*launch, "-m", "emuvideo.cli", "finetune", "--data", str(clips), "--model", str(model_dir),
+           "--output-dir", str(run), "--max-steps", "4", *sets]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -38,7 +38,7 @@ def test_a_single_flash_or_cut_does_not_make_a_static_clip_high_motion(flash_at)
     slow = motion_score(clip("slowly"))
     assert flashing < 0.1 * slow
     # Without the sliding-window minimum the flash would dominate.
-    assert frame_differences(frames).mean() > slow
+    assert frame_differences(frames).mean() > frame_differences(clip("slowly")).mean()
 
     cut = static_clip()
     cut[flash_at:] = np.roll(cut[flash_at:], 20, axis=2)  # a scene cut: the object jumps once
@@ -62,7 +62,8 @@ def test_score_is_resolution_independent():
 
 def test_short_clips():
     frames = clip("quickly")
-    assert motion_score(frames[:2]) == pytest.approx(frame_differences(frames[:2])[0])
+    # Gradient-normalised, a solid object's score is half its displacement: 2.5 px per frame -> 1.25.
+    assert motion_score(frames[:2]) == pytest.approx(2.5 / 2, rel=0.1)
     with pytest.raises(ValueError, match="at least 2 frames"):
         motion_score(frames[:1])
     with pytest.raises(ValueError, match="uint8"):

@@ -5,6 +5,10 @@ with a sliding-window minimum. We keep the sliding-window minimum but replace mo
 the mean absolute difference between consecutive grayscale frames, which needs no decoder internals
 and works on any clip (it looks at pixels, not at the shapes world's labels).
 
+Each difference is divided by the frames' mean gradient magnitude, so the score reads as displacement
+(for a solid object translating v px per frame it is v/2, whatever its colour or contrast): a raw
+difference would rank a bright slow object above a dark fast one.
+
 The minimum over windows is what makes the score robust: a single cut or flash produces one or two
 large frame differences, which raise the windows containing them but not the quietest window, so a
 static clip with a flash still scores low. The score is only high if motion is sustained.
@@ -62,6 +66,18 @@ def frame_differences(frames: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
     return (gray[1:] - gray[:-1]).abs().mean(dim=(1, 2, 3)).numpy()
 
 
+def _gradient_energy(frames: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+    """Mean |dI/dx| + |dI/dy| of each frame (same downsampling as `frame_differences`), shape (T,)."""
+    gray = _to_gray(frames)
+    height, width = gray.shape[-2:]
+    if max(height, width) > MAX_SIDE:
+        scale = MAX_SIDE / max(height, width)
+        gray = F.interpolate(gray, size=(max(1, round(height * scale)), max(1, round(width * scale))), mode="area")
+    dx = (gray[..., :, 1:] - gray[..., :, :-1]).abs().mean(dim=(1, 2, 3))
+    dy = (gray[..., 1:, :] - gray[..., :-1, :]).abs().mean(dim=(1, 2, 3))
+    return (dx + dy).numpy()
+
+
 def motion_score(frames: Union[np.ndarray, torch.Tensor]) -> float:
     """Sustained motion of a clip: the minimum over sliding windows of the mean frame difference.
 
@@ -69,11 +85,15 @@ def motion_score(frames: Union[np.ndarray, torch.Tensor]) -> float:
         frames: (T, H, W, 3) uint8 numpy array, or (C, T, H, W) float tensor in [-1, 1] (C = 1 or 3).
 
     Returns:
-        A score in [0, 1]: 0 for a static clip (whatever happens in a single frame), larger for
+        A score >= 0 (about half the displacement in px per frame at <= 64 px): 0 for a static clip (whatever happens in a single frame), larger for
         faster or larger motion. Windows are `WINDOW` consecutive frame pairs, or all pairs when
         the clip is shorter.
     """
     differences = frame_differences(frames)  # (T - 1,)
+    energy = _gradient_energy(frames)  # (T,)
+    # Normalise by the pair's edge content: displacement rather than brightness change. The floor keeps
+    # a flat frame (no edges, e.g. a fade) from dividing by zero.
+    differences = differences / np.maximum((energy[1:] + energy[:-1]) / 2, 1e-3)
     window = min(WINDOW, len(differences))
     window_means = np.convolve(differences, np.ones(window) / window, mode="valid")
     return float(window_means.min())

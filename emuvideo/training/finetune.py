@@ -101,7 +101,8 @@ def _digest(module: torch.nn.Module) -> str:
     h = hashlib.sha256(type(module).__name__.encode())
     config = getattr(module, "config", None)
     if config is not None:
-        h.update(json.dumps(config.to_dict() if hasattr(config, "to_dict") else dict(config), sort_keys=True, default=str).encode())
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
         h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
@@ -111,11 +112,11 @@ def _digest(module: torch.nn.Module) -> str:
 def encoder_fields(pipe) -> dict:
     """The latent cache's model half of the key: the VAE, the text encoder and the tokenizer that made it."""
     tokenizer = pipe.tokenizer
-    vocab = json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()
+    vocab = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()[:20]
     return {
         "vae": _digest(pipe.vae),
         "text_encoder": _digest(pipe.text_encoder),
-        "tokenizer": f"{type(tokenizer).__name__}:{tokenizer.model_max_length}:{hashlib.sha256(vocab).hexdigest()[:20]}",
+        "tokenizer": f"{type(tokenizer).__name__}:{tokenizer.model_max_length}:{vocab}",
         "dtype": str(pipe.vae.dtype),
         "latents": "posterior mode",  # encode_frames(sample=False)
     }
@@ -176,24 +177,31 @@ def _sample_prompts(cfg: TrainConfig) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
-def checkpoint_trainable_only(accelerator, device) -> None:
+def checkpoint_trainable_only(accelerator, cfg: TrainConfig, device) -> None:
     """Checkpoints keep the trainable parameters only (LoRA: megabytes, not the whole U-Net); the frozen
-    base is re-read from the model on resume — a 4-bit base could not round-trip a state dict anyway."""
+    base is re-read from the model on resume — a 4-bit base could not round-trip a state dict anyway —
+    so a resume checks that it continues the same run (same model, mode and LoRA settings)."""
 
     def save_hook(models, weights, output_dir):
+        if len(weights) != len(models):  # FSDP / DeepSpeed save their own shards: nothing to filter
+            return
         for i, model in enumerate(models):
             keep = {n for n, p in model.named_parameters() if p.requires_grad}
             weights[i] = {k: v for k, v in weights[i].items() if k in keep}
 
     def load_hook(models, input_dir):
+        saved = load_config(TrainConfig, Path(input_dir) / "config.yaml")
+        for key in ("init", "mode", "freeze_spatial", "lora"):
+            if getattr(saved, key) != getattr(cfg, key):
+                raise ValueError(f"checkpoint {input_dir} was trained with {key}={getattr(saved, key)}, "
+                                 f"this run has {key}={getattr(cfg, key)}; resume continues the same run")
         for i, model in enumerate(models):
             path = Path(input_dir) / (f"model_{i}.safetensors" if i else "model.safetensors")
             state = load_file(str(path), device=str(device))
             trainable = {n for n, p in model.named_parameters() if p.requires_grad}
             if set(state) != trainable:
-                odd = sorted(set(state) ^ trainable)
-                raise ValueError(f"checkpoint {input_dir} does not fit this run's trainable parameters (e.g. {odd[0]!r}); "
-                                 "was it written with another mode, lora or model?")
+                odd = sorted(set(state) ^ trainable)[0]
+                raise ValueError(f"checkpoint {input_dir} does not fit this run's trainable parameters ({odd!r})")
             model.load_state_dict(state, strict=False)
         models.clear()  # loaded: accelerate must not load them again (strictly, with the base missing)
 
@@ -202,7 +210,9 @@ def checkpoint_trainable_only(accelerator, device) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- run
-def run_finetune(cfg: TrainConfig, data_root: str | Path, model: str | None = None, resume: str | None = None) -> TrainResult:
+def run_finetune(
+    cfg: TrainConfig, data_root: str | Path, model: str | None = None, resume: str | None = None
+) -> TrainResult:
     """Fine-tune the video U-Net of `model` (None: the shipped default) on the clips in `data_root`.
 
     Writes `cfg.output_dir`: config.yaml, checkpoints/, losses.csv, loss.png, samples/, logs/ and final/.
@@ -212,7 +222,9 @@ def run_finetune(cfg: TrainConfig, data_root: str | Path, model: str | None = No
     from ..utils.video import load_image
 
     # The run's config records where the model and clips came from (saved beside every checkpoint).
-    cfg = replace(cfg, init=None if model is None else str(model), data=replace(cfg.data, source="folder", root=str(data_root)))
+    local = model is not None and Path(model).is_dir()
+    model_id = str(Path(model).resolve()) if local else model  # None, a folder or a Hub id
+    cfg = replace(cfg, init=model_id, data=replace(cfg.data, source="folder", root=str(Path(data_root).resolve())))
     prompts = _sample_prompts(cfg)
     image = load_image(cfg.sample_image) if cfg.sample_image else None
     # This process's device and rank, before the Trainer's Accelerator exists; ACCELERATE_USE_CPU is read as
@@ -226,10 +238,10 @@ def run_finetune(cfg: TrainConfig, data_root: str | Path, model: str | None = No
     if objective != cfg.objective:
         raise ValueError(f"objective is {cfg.objective!r} but the model samples with {objective!r}; "
                          f"fine-tune with the model's own: --set objective={objective}")
-    base_dir = Path(model) if model is not None and Path(model).is_dir() else None
+    base_dir = Path(model_id) if local else None  # what a full fine-tune's final/ is a copy of
     if model is None and (default_model_dir() / "model_index.json").is_file():
         base_dir = default_model_dir()
-    prepare_unet(pipe.unet, cfg, device, base_model=str(model) if model is not None else "emuvideo-default")
+    prepare_unet(pipe.unet, cfg, device, base_model=model_id or "emuvideo-default")
     for module in (pipe.vae, pipe.text_encoder, pipe.image_unet):
         module.requires_grad_(False).eval()
     dataset = _training_data(cfg, pipe, device, state)
@@ -280,7 +292,7 @@ def run_finetune(cfg: TrainConfig, data_root: str | Path, model: str | None = No
             save_model_folder(sampler(unet), folder, base_dir=base_dir)
 
     trainer = Trainer(cfg, pipe.unet, loss_fn, dataset, sample_fn=sample_fn, save_fn=save_fn)
-    checkpoint_trainable_only(trainer.accelerator, device)
+    checkpoint_trainable_only(trainer.accelerator, cfg, device)
     return trainer.train(resume=resume)
 
 

@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import re
 import shutil
-import tempfile
+import uuid
 from pathlib import Path
 
 import torch
@@ -34,8 +33,6 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .config import LoraConfig
-
-logger = logging.getLogger(__name__)
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -67,7 +64,8 @@ def resolve_targets(model: nn.Module, lora: LoraConfig) -> list[str]:
     modules = dict(model.named_modules())
     wrong = [n for n in names if not isinstance(modules[n], ADAPTABLE)]
     if wrong:
-        raise ValueError(f"lora.target_modules match {wrong[0]!r}, a {type(modules[wrong[0]]).__name__}, not a Linear/Conv layer")
+        kind = type(modules[wrong[0]]).__name__
+        raise ValueError(f"lora.target_modules match {wrong[0]!r}, a {kind}, not a Linear/Conv layer")
     return names
 
 
@@ -93,6 +91,26 @@ def add_lora(model: nn.Module, lora: LoraConfig, base_model: str | None = None) 
 
 
 # ---------------------------------------------------------------------------------------------- files
+@contextlib.contextmanager
+def _atomic_dir(folder: Path):
+    """Yield a temporary folder beside `folder`; on success it replaces `folder` (a reader never sees half)."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # not mkdtemp: its 0700 mode would stay on the renamed folder
+    try:
+        yield tmp
+        if folder.exists():  # a rename cannot overwrite a folder: move the old one aside first
+            old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
+            os.replace(folder, old)
+            os.replace(tmp, folder)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def save_lora(model: nn.Module, folder: str | Path, adapter_name: str = "default") -> Path:
     """Write `model`'s adapter as a peft LoRA folder (see module docstring), atomically."""
     folder = Path(folder)
@@ -124,7 +142,8 @@ def load_lora(model: nn.Module, folder: str | Path, scale: float = 1.0, adapter_
         first = str(err).strip().splitlines()[0]
         raise ValueError(f"LoRA {str(folder)!r} does not fit this model (trained on another base?): {first}") from err
     if result.unexpected_keys:
-        raise ValueError(f"LoRA {str(folder)!r} has weights for layers the model lacks, e.g. {result.unexpected_keys[0]!r}")
+        first = result.unexpected_keys[0]
+        raise ValueError(f"LoRA {str(folder)!r} has weights for layers the model lacks, e.g. {first!r}")
     missing = [k for k in result.missing_keys if f".{adapter_name}." in k and "lora_" in k]
     if missing:
         raise ValueError(f"LoRA {str(folder)!r} lacks weights for {len(missing)} of its layers, e.g. {missing[0]!r}")
@@ -158,25 +177,6 @@ def apply_lora(pipe, path: str | Path, scale: float = 1.0):
     return pipe
 
 
-@contextlib.contextmanager
-def _atomic_dir(folder: Path):
-    """Yield a temporary folder beside `folder`; on success it replaces `folder` (a reader never sees half)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        yield tmp
-        if folder.exists():  # a rename cannot overwrite a folder: move the old one aside first
-            old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
-            os.replace(folder, old / folder.name)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_model_folder(pipe, out: str | Path, base_dir: str | Path | None = None) -> Path:
     """Write `pipe` as a model folder `out`, atomically.
 
@@ -186,7 +186,7 @@ def save_model_folder(pipe, out: str | Path, base_dir: str | Path | None = None)
     """
     out = Path(out)
     index = Path(base_dir) / "model_index.json" if base_dir is not None else None
-    copy = index is not None and index.is_file() and json.loads(index.read_text()).get("_class_name") == "EmuVideoPipeline"
+    copy = index is not None and index.is_file() and json.loads(index.read_text())["_class_name"] == "EmuVideoPipeline"
     with _atomic_dir(out) as tmp:
         if copy:
             shutil.copytree(base_dir, tmp, dirs_exist_ok=True)

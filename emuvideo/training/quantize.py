@@ -49,7 +49,9 @@ def _to_nf4(linear: nn.Linear, device: torch.device, compute_dtype: torch.dtype)
     return q
 
 
-def quantize_linear_layers(model: nn.Module, device: str | torch.device, compute_dtype: torch.dtype | None = None) -> int:
+def quantize_linear_layers(
+    model: nn.Module, device: str | torch.device, compute_dtype: torch.dtype | None = None
+) -> int:
     """Replace every `nn.Linear` of a frozen `model` by an NF4 `Linear4bit` on `device`, in place.
 
     Everything else is moved to `device` unchanged. Sets `model.is_loaded_in_4bit`, which peft reads to
@@ -66,7 +68,7 @@ def quantize_linear_layers(model: nn.Module, device: str | torch.device, compute
     compute_dtype = compute_dtype or compute_dtype_for(device)
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     if trainable:
-        raise ValueError(f"QLoRA quantizes a frozen base, but {len(trainable)} parameters are trainable (e.g. {trainable[0]})")
+        raise ValueError(f"QLoRA quantizes a frozen base, but {trainable[0]} (and {len(trainable) - 1} more) train")
     count = 0
     for parent in list(model.modules()):
         for name, child in list(parent.named_children()):

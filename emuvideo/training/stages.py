@@ -133,7 +133,8 @@ def shapes_latents(cfg: TrainConfig, vae: AutoencoderKL, vae_id: str) -> tuple[t
     num_frames = 1 if cfg.kind == "image" else d.num_frames
     split = "image" if cfg.kind == "image" else d.split
     fields = dict(
-        kind="shapes-latents-v1", vae=vae_id, split=split, num_frames=num_frames, fps=d.fps,
+        # v2: gradient-normalised motion score
+        kind="shapes-latents-v2", vae=vae_id, split=split, num_frames=num_frames, fps=d.fps,
         resolution=d.resolution, num_clips=d.num_clips, seed=cfg.seed,
     )
     path = Path(d.cache_dir) / f"shapes-{cache_key(**fields)[:20]}.safetensors" if d.cache_dir else None
@@ -228,7 +229,10 @@ def build_image_stage(cfg: TrainConfig) -> dict:
     vae, vae_id = _load_vae(cfg)
     tokenizer, text_encoder = load_minilm()
     image_unet_dir = Path(cfg.init) / "image_unet"
-    unet = UNet2DConditionModel.from_pretrained(str(image_unet_dir)) if image_unet_dir.is_dir() else build_unet2d(cfg.preset)
+    if image_unet_dir.is_dir():
+        unet = UNet2DConditionModel.from_pretrained(str(image_unet_dir))
+    else:  # cross-attention takes the text encoder's states, whatever the preset's default width
+        unet = build_unet2d(cfg.preset, cross_attention_dim=text_encoder.config.hidden_size)
     latents, specs, _ = shapes_latents(cfg, vae, vae_id)
     dataset = LatentClips(latents[:, :, 0], specs)  # (N, C, h, w)
     train_scheduler = make_train_scheduler(cfg.objective)

@@ -1,0 +1,120 @@
+"""The multi-stage recipe at toy size: each stage trains, saves, and the next one builds on it."""
+
+import os
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from emuvideo.config import load_config, parse_overrides
+from emuvideo.data.motion import motion_score
+from emuvideo.data.shapes import render_clip, sample_spec
+from emuvideo.models.video_unet import EmuVideoUNet
+from emuvideo.pipelines.loading import load_pipeline
+from emuvideo.training.config import TrainConfig
+from emuvideo.training.stages import image_conditioning, run_stage, select_high_motion_clips
+from emuvideo.training.trainer import checkpoints
+
+TOY = ["preset=tiny", "batch_size=4", "checkpoint_every=2", "sample_every=0", "log_every=1",
+       "data.num_clips=8", "data.resolution=16"]
+
+
+def _cfg(tmp_path, name, *pairs):
+    overrides = parse_overrides(TOY + [f"output_dir={tmp_path / name}", f"data.cache_dir={tmp_path / 'cache'}", *pairs])
+    return load_config(TrainConfig, None, overrides)
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory):
+    """autoencoder -> image -> video stage 1 (epsilon) -> video stage 2 (v, zero SNR), 2 steps each."""
+    tmp = tmp_path_factory.mktemp("stages")
+    run_stage(_cfg(tmp, "ae", "kind=autoencoder", "max_steps=2"))
+    run_stage(_cfg(tmp, "img", "kind=image", "max_steps=2", f"init={tmp / 'ae' / 'final'}"))
+    run_stage(_cfg(tmp, "v1", "kind=video", "max_steps=2", "objective=epsilon", "data.num_frames=4",
+                   "data.fps=16", f"init={tmp / 'img' / 'final'}"))
+    run_stage(_cfg(tmp, "v2", "kind=video", "max_steps=2", "data.num_frames=4", "data.fps=8",
+                   f"init={tmp / 'v1' / 'final'}"))
+    return tmp
+
+
+def test_each_stage_leaves_a_loadable_result_and_logs(chain):
+    assert (chain / "ae" / "final" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
+    assert (chain / "img" / "final" / "image_unet" / "config.json").is_file()
+    for stage in ("ae", "img", "v1", "v2"):
+        assert (chain / stage / "loss.png").is_file() and (chain / stage / "config.yaml").is_file()
+        assert list((chain / stage / "logs").rglob("events.out.tfevents*")), "TensorBoard logs missing"
+        assert [c.name for c in checkpoints(chain / stage)] == ["checkpoint-2"]
+    pipe = load_pipeline(chain / "v2" / "final")
+    out = pipe("a red circle moving left slowly", num_inference_steps=2, num_frames=4,
+               generator=torch.Generator().manual_seed(0))
+    assert out.frames.shape == (1, 4, 16, 16, 3) and out.fps == 8
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.alphas_cumprod[-1] == 0  # stage 2 samples with zero terminal SNR
+
+
+def test_video_stages_train_only_temporal_layers(chain):
+    """Spatial layers stay frozen (paper §3.1): the video U-Net's spatial weights are the image U-Net's."""
+    image_unet_dir = chain / "img" / "final" / "image_unet"
+    from diffusers import UNet2DConditionModel
+
+    image = UNet2DConditionModel.from_pretrained(str(image_unet_dir)).state_dict()
+    video = EmuVideoUNet.from_pretrained(str(chain / "v2" / "final" / "unet"))
+    spatial = video.spatial_state_dict()
+    # conv_in stays trainable by design: its new channels carry the image condition and the mask
+    changed = [k for k, v in image.items() if not k.startswith("conv_in.") and not torch.equal(v, spatial[k])]
+    assert changed == []
+    fresh = EmuVideoUNet.from_unet2d(UNet2DConditionModel.from_pretrained(str(image_unet_dir)), temporal_head_dim=8)
+    trained = dict(video.named_parameters())
+    assert any(not torch.equal(p, trained[n]) for n, p in fresh.named_parameters() if ".temporal." in n)
+
+
+def test_resume_latest_continues_from_the_checkpoint(chain, tmp_path):
+    cfg = _cfg(chain, "ae", "kind=autoencoder", "max_steps=4")
+    result = run_stage(cfg, resume="latest")
+    assert result.step == 4
+    steps = [int(line.split(",")[0]) for line in (chain / "ae" / "losses.csv").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 resumed; none repeated
+
+
+def test_image_conditioning_is_frame_zero_and_dropout_clears_both():
+    latents = torch.randn(64, 4, 5, 2, 2)
+    torch.manual_seed(0)
+    cond, mask = image_conditioning(latents, image_dropout=0.25)
+    kept = mask[:, 0, 0, 0, 0] == 1
+    assert torch.equal(cond[kept][:, :, 0], latents[kept][:, :, 0])
+    assert cond[:, :, 1:].abs().sum() == 0 and mask[:, :, 1:].abs().sum() == 0
+    assert cond[~kept].abs().sum() == 0  # a dropped condition is all zeros, mask included
+    assert 0 < (~kept).sum() < 64
+
+
+def test_high_motion_subset_is_chosen_from_the_frames():
+    """Stage 3's subset comes from the motion score of the pixels; here it recovers the quick clips."""
+    rng = random.Random(0)
+    specs = [sample_spec(rng, 16, 8, speed=("quickly" if i % 3 == 0 else "slowly")) for i in range(30)]
+    scores = np.array([motion_score(render_clip(s, 16, 8)) for s in specs])
+    chosen = select_high_motion_clips(scores, fraction=1 / 3)
+    assert {specs[i].speed for i in chosen} == {"quickly"} and len(chosen) == 10
+    with pytest.raises(ValueError, match="high_motion_fraction"):
+        select_high_motion_clips(scores, 0)
+
+
+@pytest.mark.slow
+def test_stage_runs_under_accelerate_launch_with_two_processes(tmp_path):
+    config = tmp_path / "ae.yaml"
+    config.write_text("kind: autoencoder\npreset: tiny\nbatch_size: 2\nmax_steps: 3\ncheckpoint_every: 3\n"
+                      f"sample_every: 0\noutput_dir: {tmp_path / 'run'}\ndata:\n  num_clips: 16\n  resolution: 16\n")
+    # `accelerate launch --cpu` starts one process (several need mpirun); --multi_gpu's torchrun launcher
+    # starts two, and ACCELERATE_USE_CPU makes them a gloo process group: DDP as on GPUs, on CPU.
+    env = dict(os.environ, OMP_NUM_THREADS="1", ACCELERATE_USE_CPU="1")
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "-m", "emuvideo.cli", "train", "--config", str(config)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "final" / "vae" / "config.json").is_file()
+    [ckpt] = checkpoints(tmp_path / "run")
+    assert ckpt.name == "checkpoint-3"
+    assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
