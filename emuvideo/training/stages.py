@@ -183,6 +183,30 @@ def _pixels(batch: dict) -> torch.Tensor:
     return torch.stack([it["pixel_values"][:, 0] for it in batch])  # (B, 3, H, W)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+class AutoencoderLoss(torch.nn.Module):
+    """The autoencoder's training loss as a module `forward`, so DDP sees (and syncs) the whole pass."""
+
+    def __init__(self, vae: AutoencoderKL, kl_weight: float, decoder_only: bool):
+        super().__init__()
+        self.vae, self.kl_weight, self.decoder_only = vae, kl_weight, decoder_only
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: `(B, 3, H, W)` in [-1, 1] -> scalar loss."""
+        if self.decoder_only:
+            with torch.no_grad():
+                z = self.vae.encode(x).latent_dist.mode()
+            recon, kl = self.vae.decode(z).sample, x.new_zeros(())
+        else:
+            posterior = self.vae.encode(x).latent_dist
+            recon, kl = self.vae.decode(posterior.sample()).sample, posterior.kl().mean()
+        # Pixel MSE + L1 keeps the thin object edges sharp; a tiny KL keeps the latent smooth.
+        return F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x) + self.kl_weight * kl
+
+
 def build_autoencoder_stage(cfg: TrainConfig) -> dict:
     from ..data.shapes import ShapesDataset
 
@@ -195,34 +219,28 @@ def build_autoencoder_stage(cfg: TrainConfig) -> dict:
         vae.quant_conv.requires_grad_(False)
 
     def loss_fn(model, batch):
-        x = batch.to(next(model.parameters()).device)
-        if cfg.decoder_only:
-            with torch.no_grad():
-                z = model.encode(x).latent_dist.mode()
-            recon = model.decode(z).sample
-            return F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x)
-        posterior = model.encode(x).latent_dist
-        recon = model.decode(posterior.sample()).sample
-        # Pixel MSE + L1 keeps the thin object edges sharp; a tiny KL keeps the latent smooth.
-        return F.mse_loss(recon, x) + 0.1 * F.l1_loss(recon, x) + cfg.kl_weight * posterior.kl().mean()
+        return model(batch.to(model_device(model)))
 
     def sample_fn(model, step):
-        x = _pixels([dataset[i] for i in range(4)]).to(next(model.parameters()).device)
+        vae = model.vae
+        x = _pixels([dataset[i] for i in range(4)]).to(model_device(vae))
         with torch.no_grad():
-            recon = model.decode(model.encode(x).latent_dist.mode()).sample
+            recon = vae.decode(vae.encode(x).latent_dist.mode()).sample
         pair = torch.stack([x, recon], dim=2)  # (B, 3, 2, H, W): original, reconstruction
         return {f"recon{i}": to_uint8(pair[i : i + 1])[0] for i in range(len(x))}
 
     def save_fn(model, folder):
+        vae = model.vae
         # Scale latents to unit variance, as SD's scaling_factor does (measured on this stage's data).
         if not cfg.decoder_only:  # a decoder fine-tune keeps the encoder and so the scale
-            x = _pixels([dataset[i] for i in range(min(256, len(dataset)))]).to(next(model.parameters()).device)
+            x = _pixels([dataset[i] for i in range(min(256, len(dataset)))]).to(model_device(vae))
             with torch.no_grad():
-                z = model.encode(x).latent_dist.mode()
-            model.register_to_config(scaling_factor=float(1.0 / z.std()))
-        model.save_pretrained(Path(folder) / "vae")
+                z = vae.encode(x).latent_dist.mode()
+            vae.register_to_config(scaling_factor=float(1.0 / z.std()))
+        vae.save_pretrained(Path(folder) / "vae")
 
-    return dict(model=vae, loss_fn=loss_fn, dataset=dataset, collate_fn=_pixels, sample_fn=sample_fn, save_fn=save_fn)
+    model = AutoencoderLoss(vae, cfg.kl_weight, cfg.decoder_only)
+    return dict(model=model, loss_fn=loss_fn, dataset=dataset, collate_fn=_pixels, sample_fn=sample_fn, save_fn=save_fn)
 
 
 def build_image_stage(cfg: TrainConfig) -> dict:
