@@ -54,25 +54,27 @@ def frame_differences(frames: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
     Args:
         frames: (T, H, W, 3) uint8 numpy array, or (C, T, H, W) float tensor in [-1, 1] (C = 1 or 3).
     """
-    gray = _to_gray(frames)  # (T, 1, H, W)
+    gray = _small_gray(frames)  # (T, 1, h, w)
     if gray.shape[0] < 2:
         raise ValueError(f"motion needs at least 2 frames, got {gray.shape[0]}")
+    return (gray[1:] - gray[:-1]).abs().mean(dim=(1, 2, 3)).numpy()
+
+
+def _small_gray(frames: Union[np.ndarray, torch.Tensor]) -> torch.Tensor:
+    """Grayscale `(T, 1, h, w)` with the longer side at most `MAX_SIDE`."""
+    gray = _to_gray(frames)
     height, width = gray.shape[-2:]
     if max(height, width) > MAX_SIDE:
         # Area averaging: every source pixel counts once, so small motions are not aliased away.
         scale = MAX_SIDE / max(height, width)
         size = (max(1, round(height * scale)), max(1, round(width * scale)))
         gray = F.interpolate(gray, size=size, mode="area")
-    return (gray[1:] - gray[:-1]).abs().mean(dim=(1, 2, 3)).numpy()
+    return gray
 
 
 def _gradient_energy(frames: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
     """Mean |dI/dx| + |dI/dy| of each frame (same downsampling as `frame_differences`), shape (T,)."""
-    gray = _to_gray(frames)
-    height, width = gray.shape[-2:]
-    if max(height, width) > MAX_SIDE:
-        scale = MAX_SIDE / max(height, width)
-        gray = F.interpolate(gray, size=(max(1, round(height * scale)), max(1, round(width * scale))), mode="area")
+    gray = _small_gray(frames)
     dx = (gray[..., :, 1:] - gray[..., :, :-1]).abs().mean(dim=(1, 2, 3))
     dy = (gray[..., 1:, :] - gray[..., :-1, :]).abs().mean(dim=(1, 2, 3))
     return (dx + dy).numpy()
