@@ -10,7 +10,7 @@ import time
 
 import torch
 
-from emuvideo.evaluation.shapes_eval import evaluate_shapes, report_json
+from emuvideo.evaluation.shapes_eval import evaluate_animate, evaluate_shapes, report_json
 from emuvideo.pipelines.loading import load_pipeline
 from emuvideo.utils.files import atomic_path
 
@@ -22,6 +22,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, help="only the first N prompts (quick look)")
+    parser.add_argument("--animate", action="store_true", help="also judge `animate` on rendered first frames")
     parser.add_argument("--out", default="eval_shapes.json")
     args = parser.parse_args()
 
@@ -34,8 +35,16 @@ def main() -> None:
     print(report.table())
     print(f"\n{len(report.rows)} prompts in {seconds:.0f} s ({args.steps} steps, seed {args.seed})")
     meta = dict(model=args.model or "default", steps=args.steps, seed=args.seed, seconds=round(seconds, 1))
+    result = report_json(report, **meta)
+    if args.animate:
+        animate = evaluate_animate(pipe, seed=args.seed, batch_size=args.batch_size, limit=args.limit,
+                                   num_inference_steps=args.steps)
+        print(f"\nanimate ({animate['n']} rendered first frames): direction right {100 * animate['direction']:.1f}%, "
+              f"all four right {100 * animate['all']:.1f}%, frame-0 PSNR mean {animate['psnr_frame0_mean']:.1f} dB "
+              f"(min {animate['psnr_frame0_min']:.1f}), >= 30 dB: {100 * animate['frame0_at_least_30db']:.1f}%")
+        result["animate"] = animate
     with atomic_path(args.out) as tmp:
-        tmp.write_text(json.dumps(report_json(report, **meta), indent=1))
+        tmp.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 
 
