@@ -189,3 +189,21 @@ def test_local_paths_that_are_not_models_raise(tmp_path):
         load_pipeline(str(tmp_path / "weights.bin"))
     with pytest.raises(ModelNotFoundError, match="neither"):
         load_pipeline(str(tmp_path / "a" / "b" / "c"))
+
+
+def test_pinned_known_frames_start_the_video_at_the_image(tiny_pipeline):
+    """pin_known_frames: frame 0's latent ends as the image's latent exactly; without it, the model's own."""
+    from emuvideo.pipelines.common import encode_frames, preprocess_image
+
+    pipe = tiny_pipeline.image_to_video
+    image = (np.random.default_rng(0).random((SIZE, SIZE, 3)) * 255).astype(np.uint8)
+    pixels, _ = preprocess_image(image, SIZE, SIZE)
+    expected = encode_frames(pipe.vae, pixels[:, :, None])[:, :, 0]
+
+    def run(pin):
+        return pipe(image, "a red square", num_frames=FRAMES, num_inference_steps=3, generator=_gen(0),
+                    pin_known_frames=pin, output_type="latent").frames
+
+    pinned, free = run(True), run(False)
+    assert torch.allclose(pinned[:, :, 0], expected, atol=1e-6)
+    assert (free[:, :, 0] - expected).abs().max() > 1e-3  # the untrained model does not copy it by itself

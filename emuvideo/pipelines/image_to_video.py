@@ -83,6 +83,7 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
         guidance_text: float = 7.5,
         generator: torch.Generator | None = None,
         fps: int | None = None,
+        pin_known_frames: bool = True,
         output_type: str = "np",
     ) -> EmuVideoPipelineOutput:
         r"""
@@ -98,6 +99,9 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
             guidance_text: w_p, the text guidance scale (paper: 7.5).
             generator: for reproducible noise.
             fps: the frame rate the clip is meant for (returned, used when writing files).
+            pin_known_frames: after every step, put the image's latent (noised to the next step's level)
+                back at frame 0, so the video starts exactly at the input image (up to the VAE) and the
+                other frames are denoised against it. False: frame 0 is the model's own prediction.
             output_type: "np", "pt" or "latent".
         """
         # 1. check inputs
@@ -133,7 +137,8 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
 
         # 4. sample
         latents = self.sample(
-            conditioning, mask, text_cond, text_uncond, num_inference_steps, guidance_image, guidance_text, generator
+            conditioning, mask, text_cond, text_uncond, num_inference_steps, guidance_image, guidance_text,
+            generator, pin_known_frames=pin_known_frames,
         )
 
         # 5. decode
@@ -156,6 +161,7 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
         guidance_image: float,
         guidance_text: float,
         generator: torch.Generator | None = None,
+        pin_known_frames: bool = True,
     ) -> torch.Tensor:
         r"""The denoising loop, given known-frame latents and their mask (frame interpolation reuses it).
 
@@ -163,6 +169,8 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
             conditioning: `(B, C, T, h, w)` latents of the known frames, zeros elsewhere.
             mask: `(B, 1, T, h, w)`, 1 at known frames.
             text_cond, text_uncond: `(B, L, D)` prompt and negative/empty prompt states.
+            pin_known_frames: replace the known frames' latents after every step by the conditioning
+                latents noised to the next step's level (the clean latents after the last step).
         Returns:
             latents `(B, C, T, h, w)`.
         """
@@ -178,10 +186,19 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         latents = randn_tensor(conditioning.shape, generator=generator, device=device, dtype=dtype)
         latents = latents * self.scheduler.init_noise_sigma
-        for t in self.progress_bar(self.scheduler.timesteps):
+        known = mask.to(dtype).expand_as(latents)  # 1 at known frames, for every channel
+        pin_noise = randn_tensor(conditioning.shape, generator=generator, device=device, dtype=dtype)
+        timesteps = self.scheduler.timesteps
+        for i, t in enumerate(self.progress_bar(timesteps)):
             x = self.scheduler.scale_model_input(torch.cat([latents] * 3), t)
             out = self.unet(x, t, text_3, conditioning=cond_3, conditioning_mask=mask_3).sample
             x_none, x_image, x_full = out.chunk(3)
             guided = x_none + guidance_image * (x_image - x_none) + guidance_text * (x_full - x_image)
             latents = self.scheduler.step(guided, t, latents, generator=generator).prev_sample
+            if pin_known_frames:
+                if i + 1 < len(timesteps):
+                    target = self.scheduler.add_noise(conditioning.to(dtype), pin_noise, timesteps[i + 1 : i + 2])
+                else:
+                    target = conditioning.to(dtype)
+                latents = known * target + (1 - known) * latents
         return latents

@@ -80,6 +80,7 @@ class EmuVideoPipeline(DiffusionPipeline):
         guidance_text: float = 7.5,
         generator: torch.Generator | None = None,
         fps: int | None = None,
+        pin_known_frames: bool = True,
         output_type: str = "np",
     ) -> EmuVideoPipelineOutput:
         r"""
@@ -92,6 +93,7 @@ class EmuVideoPipeline(DiffusionPipeline):
             image_guidance_scale: classifier-free guidance of the text-to-image stage.
             guidance_image, guidance_text: w_i and w_p of the video stage (paper: 2.0 and 7.5).
             generator: for reproducible noise (the image stage draws first, then the video stage).
+            pin_known_frames: keep frame 0 at the generated image (see `EmuImageToVideoPipeline`).
             output_type: "np", "pt" or "latent".
         Returns:
             `EmuVideoPipelineOutput` with the frames and the generated first-frame images.
@@ -121,5 +123,6 @@ class EmuVideoPipeline(DiffusionPipeline):
             guidance_text=guidance_text,
             generator=generator,
             fps=fps,
+            pin_known_frames=pin_known_frames,
             output_type=output_type,
         )
