@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers.utils import logging as diffusers_logging
 from transformers import AutoModel, AutoTokenizer
 
 from ..models.presets import build_unet2d, build_vae, get_preset
@@ -102,7 +103,14 @@ def _load_emu_folder(path: Path) -> EmuVideoPipeline:
     kwargs = {}
     if not (path / "text_encoder").is_dir():  # the default ships without its (separately packaged) encoder
         kwargs["tokenizer"], kwargs["text_encoder"] = load_minilm()
-    pipe = EmuVideoPipeline.from_pretrained(str(path), **kwargs)
+    # The component bar of a sub-second load is noise on the CLI's stderr (whose errors are one line).
+    was_enabled = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        pipe = EmuVideoPipeline.from_pretrained(str(path), **kwargs)
+    finally:
+        if was_enabled:
+            diffusers_logging.enable_progress_bar()
     pipe.text_encoder.requires_grad_(False)
     return pipe
 
