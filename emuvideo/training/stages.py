@@ -33,7 +33,7 @@ from ..data.cache import cache_key
 from ..models.presets import build_unet2d, build_vae, get_preset
 from ..models.text_encoder import load_minilm
 from ..models.video_unet import EmuVideoUNet
-from ..pipelines.common import decode_frames, encode_frames, encode_prompt, to_uint8
+from ..pipelines.common import encode_frames, encode_prompt, to_uint8
 from ..schedules import make_sample_scheduler, make_train_scheduler, training_target
 from ..utils.files import atomic_path
 from .config import TrainConfig
@@ -293,7 +293,7 @@ def video_training_loss(model, scheduler, latents, text, cfg: TrainConfig) -> to
 
 
 def build_video_stage(cfg: TrainConfig) -> dict:
-    from ..data.shapes import canonical_caption, render_clip, sample_spec
+    from ..data.shapes import render_clip, sample_spec
     from ..pipelines.text_to_video import EmuVideoPipeline
 
     if cfg.init is None:
