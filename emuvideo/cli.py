@@ -93,9 +93,9 @@ def _check_sampling(args) -> None:
         if value is not None and value < 1:
             raise CLIError(f"--{name} must be >= 1, got {value}")
     if args.model is not None:
-        path = Path(args.model).expanduser()
-        looks_local = path.is_absolute() or args.model.startswith((".", "~")) or args.model.count("/") != 1
-        if looks_local and not path.is_dir():
+        from .pipelines.loading import looks_like_hub_id
+
+        if not looks_like_hub_id(args.model) and not Path(args.model).expanduser().is_dir():
             raise CLIError(f"--model {args.model!r}: no such model folder")
     if args.lora is not None and not Path(args.lora).is_dir():
         raise CLIError(f"--lora {args.lora!r}: no such LoRA folder")

@@ -23,6 +23,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--limit", type=int, help="only the first N prompts (quick look)")
     parser.add_argument("--animate", action="store_true", help="also judge `animate` on rendered first frames")
+    parser.add_argument("--no-pin", dest="pin_known_frames", action="store_false",
+                        help="let the model reproduce frame 0 itself (pin_known_frames=False)")
     parser.add_argument("--out", default="eval_shapes.json")
     args = parser.parse_args()
 
@@ -30,15 +32,15 @@ def main() -> None:
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
-    report = evaluate_shapes(pipe, seed=args.seed, batch_size=args.batch_size, limit=args.limit, num_inference_steps=args.steps)
+    sampling = dict(num_inference_steps=args.steps, pin_known_frames=args.pin_known_frames)
+    report = evaluate_shapes(pipe, seed=args.seed, batch_size=args.batch_size, limit=args.limit, **sampling)
     seconds = time.perf_counter() - start
     print(report.table())
     print(f"\n{len(report.rows)} prompts in {seconds:.0f} s ({args.steps} steps, seed {args.seed})")
-    meta = dict(model=args.model or "default", steps=args.steps, seed=args.seed, seconds=round(seconds, 1))
+    meta = dict(model=args.model or "default", seed=args.seed, seconds=round(seconds, 1), **sampling)
     result = report_json(report, **meta)
     if args.animate:
-        animate = evaluate_animate(pipe, seed=args.seed, batch_size=args.batch_size, limit=args.limit,
-                                   num_inference_steps=args.steps)
+        animate = evaluate_animate(pipe, seed=args.seed, batch_size=args.batch_size, limit=args.limit, **sampling)
         print(f"\nanimate ({animate['n']} rendered first frames): direction right {100 * animate['direction']:.1f}%, "
               f"all four right {100 * animate['all']:.1f}%, frame-0 PSNR mean {animate['psnr_frame0_mean']:.1f} dB "
               f"(min {animate['psnr_frame0_min']:.1f}), >= 30 dB: {100 * animate['frame0_at_least_30db']:.1f}%")

@@ -4,7 +4,6 @@ and scale 0 gives the base back bit-exactly, that the folder is peft's own forma
 import copy
 import json
 
-import bitsandbytes as bnb
 import pytest
 import torch
 from peft import PeftModel

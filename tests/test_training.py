@@ -71,11 +71,11 @@ def test_video_stages_train_only_temporal_layers(chain):
     assert any(not torch.equal(p, trained[n]) for n, p in fresh.named_parameters() if ".temporal." in n)
 
 
-def test_resume_latest_continues_from_the_checkpoint(chain, tmp_path):
-    cfg = _cfg(chain, "ae", "kind=autoencoder", "max_steps=4")
-    result = run_stage(cfg, resume="latest")
+def test_resume_latest_continues_from_the_checkpoint(tmp_path):
+    run_stage(_cfg(tmp_path, "ae", "kind=autoencoder", "max_steps=2"))
+    result = run_stage(_cfg(tmp_path, "ae", "kind=autoencoder", "max_steps=4"), resume="latest")
     assert result.step == 4
-    steps = [int(line.split(",")[0]) for line in (chain / "ae" / "losses.csv").read_text().splitlines()]
+    steps = [int(line.split(",")[0]) for line in (tmp_path / "ae" / "losses.csv").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 resumed; none repeated
 
 

@@ -68,6 +68,22 @@ def cache_key(**fields) -> str:
     return hashlib.sha256(_canonical_json(fields).encode("utf-8")).hexdigest()
 
 
+def module_digest(module: torch.nn.Module) -> str:
+    """sha256 (20 hex) of a module's class, config and weights: what its outputs depend on.
+
+    The model half of a cache key (fine-tuning's latent cache, the training stages' shapes cache).
+    """
+    h = hashlib.sha256(type(module).__name__.encode())
+    config = getattr(module, "config", None)
+    if config is not None:
+        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        h.update(json.dumps(config, sort_keys=True, default=str).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
 def fingerprint_files(paths: Sequence, root=None) -> list[list]:
     """[path, size, mtime_ns] per file (path relative to `root` when given), for cache keys: an
     edited, replaced or touched file changes its fingerprint."""

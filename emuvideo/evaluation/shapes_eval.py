@@ -54,7 +54,8 @@ def evaluate_shapes(pipe, seed: int = 0, batch_size: int = 8, limit: int | None 
     for start in tqdm(range(0, len(prompts), batch_size), desc="shapes eval"):
         chunk = prompts[start : start + batch_size]
         generators = [torch.Generator().manual_seed(seed) for _ in chunk]
-        out = _generate(pipe, [p["prompt"] for p in chunk], generators, call_kwargs)
+        # A list of generators: diffusers draws one noise slice per prompt, so a prompt's video is its own.
+        out = pipe([p["prompt"] for p in chunk], generator=generators, **call_kwargs)
         for target, frames in zip(chunk, out.frames):
             judgement = judge_video(frames, fps=out.fps)
             report.rows.append(
@@ -107,11 +108,6 @@ def evaluate_animate(pipe, seed: int = 0, batch_size: int = 8, limit: int | None
         "frame0_at_least_30db": float(np.mean([r["psnr_frame0"] >= 30 for r in rows])),
         "rows": rows,
     }
-
-
-def _generate(pipe, prompts, generators, call_kwargs):
-    # diffusers' randn_tensor draws one slice per generator when given a list, so each prompt's noise is its own.
-    return pipe(prompts, generator=generators, **call_kwargs)
 
 
 def report_json(report: ShapesReport, **meta) -> dict:

@@ -65,12 +65,13 @@ def _load_named(model: str) -> EmuVideoPipeline:
         return _load_folder(path)
     if path.exists():
         raise ModelNotFoundError(f"model {model!r} is a file, not a model folder")
-    if _looks_like_hub_id(model):
+    if looks_like_hub_id(model):
         return _load_folder(_download(model))
     raise ModelNotFoundError(f"model {model!r} is neither a local folder nor a Hub id (owner/name)")
 
 
-def _looks_like_hub_id(model: str) -> bool:
+def looks_like_hub_id(model: str) -> bool:
+    """`owner/name`, not a path: anything else that is not a folder is an error, never a download."""
     parts = model.split("/")
     return len(parts) == 2 and all(parts) and not model.startswith((".", "/", "~"))
 
@@ -142,16 +143,18 @@ def inflate_image_pipeline(path: str | Path, **video_unet_kwargs) -> EmuVideoPip
 
 def random_pipeline(preset: str = "default", seed: int = 0, text_encoder=None, tokenizer=None) -> EmuVideoPipeline:
     """A randomly initialised pipeline of a named size (for tests, benchmarks, or before training)."""
-    torch.manual_seed(seed)
     if text_encoder is None:
         tokenizer, text_encoder = load_minilm()
-    unet = build_unet2d(preset)
+    with torch.random.fork_rng():  # seeded weights, without reseeding the caller's global RNG
+        torch.manual_seed(seed)
+        unet, vae = build_unet2d(preset), build_vae(preset)
+        video_unet = EmuVideoUNet.from_unet2d(unet, temporal_head_dim=get_preset(preset).temporal_head_dim)
     return EmuVideoPipeline(
-        vae=build_vae(preset),
+        vae=vae,
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         image_unet=unet,
         image_scheduler=make_sample_scheduler("v_prediction"),
-        unet=EmuVideoUNet.from_unet2d(unet, temporal_head_dim=get_preset(preset).temporal_head_dim),
+        unet=video_unet,
         scheduler=make_sample_scheduler("v_prediction"),
     )

@@ -31,7 +31,7 @@ from accelerate.utils import parse_flag_from_env
 from safetensors.torch import load_file
 
 from ..config import load_config, parse_overrides
-from ..data.cache import LatentCache
+from ..data.cache import LatentCache, module_digest
 from ..data.clips import ClipDataset
 from ..pipelines.common import encode_frames, encode_prompt
 from ..schedules import make_train_scheduler
@@ -96,26 +96,13 @@ def set_attention(unet, backend: str, device: torch.device) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- data
-def _digest(module: torch.nn.Module) -> str:
-    """sha256 of a module's class, config and weights: what its outputs depend on."""
-    h = hashlib.sha256(type(module).__name__.encode())
-    config = getattr(module, "config", None)
-    if config is not None:
-        config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
-        h.update(json.dumps(config, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(module.state_dict().items()):
-        h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
-        h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:20]
-
-
 def encoder_fields(pipe) -> dict:
     """The latent cache's model half of the key: the VAE, the text encoder and the tokenizer that made it."""
     tokenizer = pipe.tokenizer
     vocab = hashlib.sha256(json.dumps(tokenizer.get_vocab(), sort_keys=True).encode()).hexdigest()[:20]
     return {
-        "vae": _digest(pipe.vae),
-        "text_encoder": _digest(pipe.text_encoder),
+        "vae": module_digest(pipe.vae),
+        "text_encoder": module_digest(pipe.text_encoder),
         "tokenizer": f"{type(tokenizer).__name__}:{tokenizer.model_max_length}:{vocab}",
         "dtype": str(pipe.vae.dtype),
         "latents": "posterior mode",  # encode_frames(sample=False)

@@ -15,7 +15,6 @@ produced them.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -29,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from ..config import load_config, parse_overrides
-from ..data.cache import cache_key
+from ..data.cache import cache_key, module_digest
 from ..models.presets import build_unet2d, build_vae, get_preset
 from ..models.text_encoder import load_minilm
 from ..models.video_unet import EmuVideoUNet
@@ -99,8 +98,8 @@ class CaptionEncoder:
 class LatentClips(torch.utils.data.Dataset):
     """Cached latents `(C, T, h, w)` with the specs they were rendered from (captions drawn per step)."""
 
-    def __init__(self, latents: torch.Tensor, specs: list[dict], canonical_only: bool = False):
-        self.latents, self.specs, self.canonical_only = latents, specs, canonical_only
+    def __init__(self, latents: torch.Tensor, specs: list[dict]):
+        self.latents, self.specs = latents, specs
 
     def __len__(self) -> int:
         return len(self.latents)
@@ -118,10 +117,6 @@ def caption_for(spec: dict) -> str:
     from ..data.shapes import ShapeSpec, random_caption
 
     return random_caption(ShapeSpec(**spec), random)
-
-
-def _file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
 def shapes_latents(cfg: TrainConfig, vae: AutoencoderKL, vae_id: str) -> tuple[torch.Tensor, list[dict], np.ndarray]:
@@ -176,7 +171,7 @@ def _load_vae(cfg: TrainConfig) -> tuple[AutoencoderKL, str]:
     if not (vae_dir / "config.json").is_file():
         raise ValueError(f"init {cfg.init!r} has no vae/ folder (run the autoencoder stage first)")
     vae = AutoencoderKL.from_pretrained(str(vae_dir)).requires_grad_(False).eval()
-    return vae, _file_digest(next(vae_dir.glob("*.safetensors")))
+    return vae, module_digest(vae)
 
 
 def _pixels(batch: dict) -> torch.Tensor:
@@ -293,7 +288,7 @@ def video_training_loss(model, scheduler, latents, text, cfg: TrainConfig) -> to
 
 
 def build_video_stage(cfg: TrainConfig) -> dict:
-    from ..data.shapes import render_clip, sample_spec
+    from ..data.shapes import parse_caption, render_clip, sample_spec
     from ..pipelines.text_to_video import EmuVideoPipeline
 
     if cfg.init is None:
@@ -333,8 +328,6 @@ def build_video_stage(cfg: TrainConfig) -> dict:
         pipe.set_progress_bar_config(disable=True)
         rng, videos = random.Random(0), {}
         for prompt in cfg.sample_prompts:
-            from ..data.shapes import parse_caption
-
             parsed = parse_caption(prompt) or {}
             spec = sample_spec(rng, cfg.data.num_frames, cfg.data.fps, **{k: v for k, v in parsed.items() if v})
             first = render_clip(spec, 1, cfg.data.fps)[0]
