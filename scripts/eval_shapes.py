@@ -25,11 +25,12 @@ def main() -> None:
     parser.add_argument("--animate", action="store_true", help="also judge `animate` on rendered first frames")
     parser.add_argument("--no-pin", dest="pin_known_frames", action="store_false",
                         help="let the model reproduce frame 0 itself (pin_known_frames=False)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", default="eval_shapes.json")
     args = parser.parse_args()
 
     torch.set_grad_enabled(False)
-    pipe = load_pipeline(args.model)
+    pipe = load_pipeline(args.model, device=args.device)
     pipe.set_progress_bar_config(disable=True)
     start = time.perf_counter()
     sampling = dict(num_inference_steps=args.steps, pin_known_frames=args.pin_known_frames)
@@ -37,7 +38,7 @@ def main() -> None:
     seconds = time.perf_counter() - start
     print(report.table())
     print(f"\n{len(report.rows)} prompts in {seconds:.0f} s ({args.steps} steps, seed {args.seed})")
-    meta = dict(model=args.model or "default", seed=args.seed, seconds=round(seconds, 1), **sampling)
+    meta = dict(model=args.model or "default", device=str(pipe.device), seed=args.seed, seconds=round(seconds, 1), **sampling)
     result = report_json(report, **meta)
     if args.animate:
         animate = evaluate_animate(pipe, seed=args.seed, batch_size=args.batch_size, limit=args.limit, **sampling)

@@ -53,6 +53,8 @@ def test_each_stage_leaves_a_loadable_result_and_logs(chain):
     assert out.frames.shape == (1, 4, 16, 16, 3) and out.fps == 8
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     assert pipe.scheduler.alphas_cumprod[-1] == 0  # stage 2 samples with zero terminal SNR
+    # stage 2 continued from the epsilon stage 1; text -> image keeps the image U-Net's own objective
+    assert pipe.image_scheduler.config.prediction_type == "v_prediction"
 
 
 def test_video_stages_train_only_temporal_layers(chain):
@@ -77,6 +79,13 @@ def test_resume_latest_continues_from_the_checkpoint(tmp_path):
     assert result.step == 4
     steps = [int(line.split(",")[0]) for line in (tmp_path / "ae" / "losses.csv").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 resumed; none repeated
+
+
+def test_max_minutes_stops_early_with_a_checkpoint_and_final(tmp_path):
+    result = run_stage(_cfg(tmp_path, "ae", "kind=autoencoder", "max_steps=50", "max_minutes=0"))
+    assert result.step == 1  # out of time after the first step, long before max_steps
+    assert [c.name for c in checkpoints(tmp_path / "ae")] == ["checkpoint-1"]
+    assert (tmp_path / "ae" / "final" / "vae" / "config.json").is_file()
 
 
 def test_image_conditioning_is_frame_zero_and_dropout_clears_both():

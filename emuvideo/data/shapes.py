@@ -343,6 +343,9 @@ class ShapesDataset(torch.utils.data.Dataset):
         resolution: output side; below 64 the 64 px render is area-downsampled (low-resolution
             training stages), above 64 the world is rendered directly at that size.
         canonical_only: caption every item with `canonical_caption` instead of a random phrasing.
+        render_frames: render only the clip's first N frames (default: all `num_frames`). With 1, an
+            item is the still that opens a `num_frames` clip: its position leaves room for the motion
+            its caption names, which is what a text-to-image model must learn to draw a first frame.
 
     Items are dicts:
         "pixel_values": float32 tensor (3, T, resolution, resolution) in [-1, 1];
@@ -359,10 +362,13 @@ class ShapesDataset(torch.utils.data.Dataset):
         seed: int = 0,
         resolution: int = FRAME_SIZE,
         canonical_only: bool = False,
+        render_frames: int | None = None,
     ):
         _check_choice("split", split, ("video", "image"))
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+        if render_frames is not None and not 1 <= render_frames <= num_frames:
+            raise ValueError(f"render_frames must be in [1, num_frames={num_frames}], got {render_frames}")
         if fps <= 0:
             raise ValueError(f"fps must be > 0, got {fps}")
         if length < 1:
@@ -377,6 +383,7 @@ class ShapesDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.resolution = resolution
         self.canonical_only = canonical_only
+        self.render_frames = render_frames or num_frames
         # Fail now rather than in a worker process mid-epoch if a fast clip cannot fit the frame.
         sample_spec(random.Random(0), num_frames, fps, speed="quickly")
 
@@ -394,7 +401,7 @@ class ShapesDataset(torch.utils.data.Dataset):
             caption = random_caption(spec, rng)
 
         render_size = max(self.resolution, FRAME_SIZE)
-        frames = torch.from_numpy(render_clip(spec, self.num_frames, self.fps, size=render_size))
+        frames = torch.from_numpy(render_clip(spec, self.render_frames, self.fps, size=render_size))
         video = frames.permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (T, H, W, 3) -> (3, T, H, W)
         if self.resolution < render_size:
             # Area averaging is the exact box-filter downsample, so low-res stages see no aliasing.

@@ -70,7 +70,7 @@ def preprocess_image(image: PIL.Image.Image | np.ndarray | torch.Tensor, height:
     if isinstance(image, torch.Tensor):
         if image.ndim != 3 or image.shape[0] != 3:
             raise ValueError(f"image tensor must be (3, H, W) in [-1, 1], got shape {tuple(image.shape)}")
-        image = PIL.Image.fromarray(((image.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+        image = PIL.Image.fromarray(((image.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
     elif isinstance(image, np.ndarray):
         image = PIL.Image.fromarray(image)
     image = image.convert("RGB")

@@ -59,6 +59,9 @@ class TrainConfig:
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_steps: int = 1000
+    # stop after this much wall time (a checkpoint and final/ are written as at max_steps), like
+    # Lightning's max_time: a run sized to a job's time limit. None: max_steps alone decides.
+    max_minutes: float | None = None
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "xformers"] = "sdpa"

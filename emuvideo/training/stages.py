@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from accelerate import PartialState
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -121,16 +123,17 @@ def caption_for(spec: dict) -> str:
 
 def shapes_latents(cfg: TrainConfig, vae: AutoencoderKL, vae_id: str) -> tuple[torch.Tensor, list[dict], np.ndarray]:
     """Render the stage's clips, encode them per frame, cache `(latents, specs, motion scores)` on disk."""
-    from ..data.motion import motion_score
     from ..data.shapes import ShapesDataset
 
     d = cfg.data
+    # The image stage sees the first frame of each `num_frames` clip: where an object starts depends on
+    # where the caption says it is going (a fast clip moving down starts near the top).
     num_frames = 1 if cfg.kind == "image" else d.num_frames
     split = "image" if cfg.kind == "image" else d.split
     fields = dict(
-        # v2: gradient-normalised motion score
-        kind="shapes-latents-v2", vae=vae_id, split=split, num_frames=num_frames, fps=d.fps,
-        resolution=d.resolution, num_clips=d.num_clips, seed=cfg.seed,
+        # v3: image stills are the first frames of clips
+        kind="shapes-latents-v3", vae=vae_id, split=split, num_frames=num_frames, clip_frames=d.num_frames,
+        fps=d.fps, resolution=d.resolution, num_clips=d.num_clips, seed=cfg.seed,
     )
     path = Path(d.cache_dir) / f"shapes-{cache_key(**fields)[:20]}.safetensors" if d.cache_dir else None
     if path is not None and path.is_file():
@@ -138,16 +141,24 @@ def shapes_latents(cfg: TrainConfig, vae: AutoencoderKL, vae_id: str) -> tuple[t
         meta = json.loads((path.with_suffix(".json")).read_text())
         return tensors["latents"], meta["specs"], tensors["motion"].numpy()
 
-    dataset = ShapesDataset(split, num_frames, d.fps, d.num_clips, seed=cfg.seed, resolution=d.resolution)
+    clips = ShapesDataset(split, d.num_frames, d.fps, d.num_clips, seed=cfg.seed, resolution=d.resolution,
+                          render_frames=num_frames)
+    dataset = _ScoredClips(clips)
+    # Rendering and scoring run in worker processes (numpy, one thread each); encoding runs on this
+    # process's accelerator, so a GPU run does not wait minutes on the CPU to fill its cache.
+    workers = min(8, (os.cpu_count() or 1) - 1) if len(dataset) >= 512 else 0
+    loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, 256 // num_frames), num_workers=workers,
+                                         collate_fn=list)
+    device, vae_device = PartialState().device, model_device(vae)
+    vae.to(device)
     latents, specs, motion = [], [], []
-    batch = max(1, 256 // num_frames)
     with torch.no_grad():
-        for start in tqdm(range(0, len(dataset), batch), desc="render + encode clips"):
-            items = [dataset[i] for i in range(start, min(start + batch, len(dataset)))]
+        for items in tqdm(loader, desc="render + encode clips"):
             pixels = torch.stack([it["pixel_values"] for it in items])  # (B, 3, T, H, W)
-            latents.append(encode_frames(vae, pixels).cpu())
+            latents.append(encode_frames(vae, pixels.to(device)).cpu())
             specs += [it["spec"] for it in items]
-            motion += [motion_score(p) if num_frames > 1 else 0.0 for p in pixels]
+            motion += [it["motion"] for it in items]
+    vae.to(vae_device)
     latents, motion = torch.cat(latents), np.asarray(motion, dtype=np.float32)
     if path is not None:
         with atomic_path(path.with_suffix(".json")) as tmp:
@@ -155,6 +166,23 @@ def shapes_latents(cfg: TrainConfig, vae: AutoencoderKL, vae_id: str) -> tuple[t
         with atomic_path(path) as tmp:
             save_file({"latents": latents.contiguous(), "motion": torch.from_numpy(motion)}, str(tmp))
     return latents, specs, motion
+
+
+class _ScoredClips(torch.utils.data.Dataset):
+    """A shapes dataset whose items also carry the clip's motion score (computed where it is rendered)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        from ..data.motion import motion_score
+
+        item = self.dataset[i]
+        frames = item["pixel_values"]
+        return {**item, "motion": motion_score(frames) if frames.shape[1] > 1 else 0.0}
 
 
 def select_high_motion_clips(motion: np.ndarray, fraction: float) -> np.ndarray:
@@ -281,6 +309,15 @@ def load_or_inflate_video_unet(init: Path, preset: str) -> tuple[EmuVideoUNet, U
     return EmuVideoUNet.from_unet2d(image_unet, temporal_head_dim=get_preset(preset).temporal_head_dim), image_unet
 
 
+def _image_objective(init: Path) -> str:
+    """The text-to-image U-Net's objective: from a video stage's image scheduler, or the image stage's note."""
+    scheduler_config = init / "image_scheduler" / "scheduler_config.json"
+    if scheduler_config.is_file():  # a video stage's pipeline (its objective.txt is the video objective)
+        return json.loads(scheduler_config.read_text())["prediction_type"]
+    note = init / "objective.txt"
+    return note.read_text().strip() if note.is_file() else "v_prediction"
+
+
 def video_training_loss(model, scheduler, latents, text, cfg: TrainConfig) -> torch.Tensor:
     """Image-conditioned video diffusion loss (paper §3.2), shared by the stages and `finetune`."""
     conditioning, mask = image_conditioning(latents, cfg.image_dropout)
@@ -315,7 +352,7 @@ def build_video_stage(cfg: TrainConfig) -> dict:
         return video_training_loss(model, train_scheduler, x, encode_text(captions, x.device), cfg)
 
     def pipeline(model) -> EmuVideoPipeline:
-        image_objective = (init / "objective.txt").read_text().strip() if (init / "objective.txt").is_file() else "v_prediction"
+        image_objective = _image_objective(init)
         return EmuVideoPipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_unet=image_unet,
             image_scheduler=make_sample_scheduler(image_objective), unet=model,

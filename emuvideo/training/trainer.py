@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -204,6 +205,13 @@ class Trainer:
                 tracker.add_image(f"samples/{i}", strip, self.step, dataformats="HWC")
 
     # ------------------------------------------------------------------ loop
+    def _out_of_time(self, started: float) -> bool:
+        """Whether `max_minutes` has passed on any process (reduced, so every process stops at the same step)."""
+        if self.config.max_minutes is None:
+            return False
+        late = torch.tensor([time.monotonic() - started >= 60 * self.config.max_minutes], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(late.float(), reduction="sum").item() > 0)
+
     def train(self, resume: str | None = None) -> TrainResult:
         cfg, acc = self.config, self.accelerator
         self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +224,8 @@ class Trainer:
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not acc.is_main_process, desc=self.output_dir.name)
         loss_value = math.nan
         self.model.train()
-        while self.step < cfg.max_steps:
+        started, out_of_time = time.monotonic(), False
+        while self.step < cfg.max_steps and not out_of_time:
             self.loader.set_epoch(self.epoch)
             loader = acc.skip_first_batches(self.loader, self.batch_in_epoch) if self.batch_in_epoch else self.loader
             for batch in loader:
@@ -246,14 +255,17 @@ class Trainer:
                     self._log_loss(loss_value)
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self._sample()
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps:
+                out_of_time = self._out_of_time(started)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps or out_of_time:
                     self.save_checkpoint()
-                if self.step >= cfg.max_steps:
+                if self.step >= cfg.max_steps or out_of_time:
                     break
             else:
                 self.epoch += 1
                 self.batch_in_epoch = 0
         bar.close()
+        if out_of_time:
+            logger.info("max_minutes=%s reached at step %d; writing final/", cfg.max_minutes, self.step)
         acc.wait_for_everyone()
         if self.save_fn is not None and acc.is_main_process:
             self.save_fn(acc.unwrap_model(self.model), self.output_dir / "final")
