@@ -274,3 +274,17 @@ def test_spec_validation():
         ShapeSpec("red", "hexagon", "left", "slowly", 16.0, 32.0, 32.0)
     with pytest.raises(ValueError, match="speed"):
         canonical_caption("red", "circle", "left", "fast")
+
+
+def test_first_frame_stills_open_their_clip_and_leave_room_for_its_motion():
+    clips = ShapesDataset("image", 16, 8, 64, seed=3)
+    stills = ShapesDataset("image", 16, 8, 64, seed=3, render_frames=1)
+    for i in range(64):
+        clip, still = clips[i], stills[i]
+        assert still["pixel_values"].shape[1] == 1
+        assert torch.equal(still["pixel_values"][:, 0], clip["pixel_values"][:, 0])
+    # a fast clip moving down for 16 frames must start in the upper part of the frame
+    tops = [s["spec"]["y"] for s in (stills[i] for i in range(64)) if s["spec"]["direction"] == "down" and s["spec"]["speed"] == "quickly"]
+    assert tops and max(tops) < 32
+    with pytest.raises(ValueError, match="render_frames"):
+        ShapesDataset("image", 16, 8, 4, render_frames=17)
