@@ -4,6 +4,9 @@
 # into emuvideo/weights/default.
 # Every stage is resumable: rerunning this script continues each stage from its latest checkpoint.
 # Usage: bash scripts/train_default.sh            (CPU or GPU; accelerate picks the device)
+# The stage YAMLs are sized for one GPU (image batch 512, video batch 256; about 30 min of H100 time for
+# stages 01-04). On a CPU, run a stage with smaller batches, e.g.
+#   emuvideo train --config configs/stages/03_video_stage2.yaml --set batch_size=16 --resume latest
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for stage in 00_autoencoder 01_image 02_video_stage1 03_video_stage2 04_video_stage3 05_decoder_finetune; do
