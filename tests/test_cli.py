@@ -2,12 +2,14 @@
 
 import shutil
 import subprocess
+import sys
 
 import av
 import numpy as np
 import PIL.Image
 import pytest
 
+import emuvideo
 import emuvideo.pipelines.loading as loading
 import emuvideo.utils.video as video_io
 from emuvideo.cli import main
@@ -35,6 +37,32 @@ def test_console_script_writes_h264_on_the_shipped_default(tmp_path):
     size = preset.unet["sample_size"] * 2 ** (len(preset.vae["block_out_channels"]) - 1)  # latent size x VAE factor
     assert (stream.width, stream.height) == (size, size)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4"]
+
+
+# ---------------------------------------------------------------------------------------------- start-up
+STARTUP = """
+import gc, sys
+import emuvideo.cli as cli
+print(sorted(m for m in ("torch", "diffusers", "transformers") if m in sys.modules))
+cli._import_library()
+print("diffusers" in sys.modules, gc.isenabled(), gc.get_freeze_count() > 0)
+"""
+
+
+@pytest.mark.slow
+def test_cli_imports_the_library_only_to_run_a_command_and_leaves_the_collector_on():
+    """`--help` and argument errors stay instant; the import pauses the collector and then restores it."""
+    result = subprocess.run([sys.executable, "-c", STARTUP], check=False, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "True True True"]
+
+
+def test_package_names_resolve_on_first_use():
+    assert emuvideo.load_pipeline is loading.load_pipeline
+    assert emuvideo.EmuVideoPipeline.__name__ == "EmuVideoPipeline"
+    assert set(emuvideo.__all__) <= set(dir(emuvideo))
+    with pytest.raises(AttributeError, match="no attribute 'load_pipline'"):
+        emuvideo.load_pipline  # noqa: B018
 
 
 # ---------------------------------------------------------------------------------------------- in process
