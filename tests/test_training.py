@@ -81,6 +81,16 @@ def test_resume_latest_continues_from_the_checkpoint(tmp_path):
     assert steps == [1, 2, 3, 4]  # steps 1-2 from the first run, 3-4 resumed; none repeated
 
 
+def test_resume_after_a_kill_between_checkpoints_logs_each_step_once(tmp_path):
+    run_stage(_cfg(tmp_path, "ae", "kind=autoencoder", "max_steps=2"))
+    with open(tmp_path / "ae" / "losses.csv", "a") as f:  # steps 3-4 logged, then killed before a checkpoint
+        f.write("3,0.5\n4,0.5\n")
+    run_stage(_cfg(tmp_path, "ae", "kind=autoencoder", "max_steps=4"), resume="latest")
+    lines = (tmp_path / "ae" / "losses.csv").read_text().splitlines()
+    assert [int(line.split(",")[0]) for line in lines] == [1, 2, 3, 4]
+    assert "3,0.5" not in lines  # the redone steps' own losses replace the lost run's
+
+
 def test_max_minutes_stops_early_with_a_checkpoint_and_final(tmp_path):
     result = run_stage(_cfg(tmp_path, "ae", "kind=autoencoder", "max_steps=50", "max_minutes=0"))
     assert result.step == 1  # out of time after the first step, long before max_steps
@@ -127,3 +137,27 @@ def test_stage_runs_under_accelerate_launch_with_two_processes(tmp_path):
     [ckpt] = checkpoints(tmp_path / "run")
     assert ckpt.name == "checkpoint-3"
     assert sorted(p.name for p in ckpt.glob("random_states_*.pkl")) == ["random_states_0.pkl", "random_states_1.pkl"]
+
+
+def test_trainer_tells_the_dataset_each_epoch(tmp_path):
+    from emuvideo.training.trainer import Trainer
+
+    class Recorder(torch.utils.data.Dataset):
+        def __init__(self):
+            self.epochs = []
+
+        def __len__(self):
+            return 2
+
+        def __getitem__(self, i):
+            return torch.ones(3)
+
+        def set_epoch(self, epoch):
+            self.epochs.append(epoch)
+
+    data = Recorder()
+    cfg = load_config(TrainConfig, None, parse_overrides([f"output_dir={tmp_path}", "batch_size=2", "max_steps=3",
+                                                          "checkpoint_every=100", "sample_every=0"]))
+    Trainer(cfg, torch.nn.Linear(3, 1), lambda model, x: model(x).pow(2).mean(), data).train()
+    # accelerate's prepared loader passes `set_epoch` on (ClipDataset's random crops rely on it)
+    assert sorted(set(data.epochs)) == [0, 1, 2]  # one batch per epoch, three steps

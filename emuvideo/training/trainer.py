@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..config import save_config
+from ..utils.files import atomic_path
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -168,6 +169,8 @@ class Trainer:
         self.accelerator.load_state(str(path))
         state = json.loads((path / "trainer_state.json").read_text())
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        if self.accelerator.is_main_process:
+            self._forget_losses_after(self.step)
         logger.info("resumed from %s at step %d", path, self.step)
 
     # ------------------------------------------------------------------ logs
@@ -176,6 +179,17 @@ class Trainer:
         if self.accelerator.is_main_process:
             with open(self.output_dir / "losses.csv", "a") as f:
                 f.write(f"{self.step},{loss:.6f}\n")
+
+    def _forget_losses_after(self, step: int) -> None:
+        """Drop `losses.csv` rows past `step`: a run killed between checkpoints logged steps it now redoes."""
+        path = self.output_dir / "losses.csv"
+        if not path.is_file():
+            return
+        rows = path.read_text().splitlines()
+        kept = [r for r in rows if r.strip() and int(r.split(",")[0]) <= step]
+        if len(kept) != len(rows):
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(f"{r}\n" for r in kept))
 
     def _plot_losses(self) -> None:
         path = self.output_dir / "losses.csv"
