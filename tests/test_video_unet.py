@@ -176,3 +176,70 @@ def test_trained_temporal_layers_mix_frames(unet2d, layer):
     randomise_(model, 13, only=lambda n: part in n)
     both = model(torch.cat([sample, changed]), timestep.repeat(2), text.repeat(2, 1, 1)).sample[:, :, 0]
     assert (both[:B] - both[B:]).abs().max() > 1e-3
+
+
+# ---------------------------------------------------------------------------------------------- checkpointing
+def _saved_activation_bytes(model, frames: int = T) -> int:
+    """Bytes of the distinct tensors autograd keeps from forward to backward (what checkpointing frees),
+    parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in params:
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    sample, timestep, text = inputs(14, frames)
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        loss = model(sample, timestep, text).sample.square().mean()
+    loss.backward()
+    return sum(storages.values())
+
+
+def _grads(model) -> dict[str, torch.Tensor]:
+    return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_covers_temporal_layers_and_keeps_gradients(unet2d):
+    model = EmuVideoUNet.from_unet2d(unet2d, temporal_head_dim=8).train()
+    randomise_(model, 15, only=lambda n: ".temporal." in n)  # temporal layers that really mix frames
+    plain = _saved_activation_bytes(model)
+    reference = _grads(model)
+    model.zero_grad(set_to_none=True)
+
+    model.enable_gradient_checkpointing()
+    temporal = [m for m in model.modules() if isinstance(m, TransformerWithTemporalAttention)]
+    assert temporal and all(m.gradient_checkpointing for m in temporal)
+    checkpointed = _saved_activation_bytes(model)
+    grads = _grads(model)
+    assert grads.keys() == reference.keys()
+    for name in reference:
+        torch.testing.assert_close(grads[name], reference[name], rtol=1e-4, atol=1e-6, msg=name)
+
+    # What diffusers alone gives: the temporal attentions outside any checkpoint.
+    model.zero_grad(set_to_none=True)
+    for m in temporal:
+        m.gradient_checkpointing = False
+    spatial_only = _saved_activation_bytes(model)
+    assert checkpointed < 0.5 * plain
+    assert checkpointed < 0.8 * spatial_only  # the temporal attentions held a real share of the activations
+
+
+def test_checkpoint_recompute_uses_the_frame_count_of_its_own_forward(unet2d):
+    model = EmuVideoUNet.from_unet2d(unet2d, temporal_head_dim=8).train()
+    randomise_(model, 16, only=lambda n: ".temporal." in n)
+    sample, timestep, text = inputs(17)
+    model(sample, timestep, text).sample.square().mean().backward()
+    reference = _grads(model)
+    model.zero_grad(set_to_none=True)
+
+    model.enable_gradient_checkpointing()
+    loss = model(sample, timestep, text).sample.square().mean()
+    other, _, _ = inputs(18, frames=T + 2)
+    model(other, timestep, text)  # another forward with another T before the first one's backward
+    loss.backward()
+    grads = _grads(model)
+    for name in reference:
+        torch.testing.assert_close(grads[name], reference[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -40,7 +40,10 @@ class _FrameCount:
     """Shared, mutable holder of the current number of frames.
 
     The spatial blocks fold frames into the batch (`(B*T, C, H, W)`) and call their children with the 2D
-    signature, so the temporal layers learn T from this holder, which `EmuVideoUNet.forward` sets.
+    signature, so the temporal layers learn T from this holder, which `EmuVideoUNet.forward` sets. It is not
+    re-entrant: one forward at a time per model. Gradient checkpointing recomputes blocks during backward,
+    possibly after another forward changed the holder, so `EmuVideoUNet`'s checkpoint function records T at
+    forward time and sets it again for the recompute (`_checkpoint_with_frames`).
     """
 
     def __init__(self) -> None:
@@ -102,6 +105,10 @@ class TransformerWithTemporalAttention(nn.Module):
         super().__init__()
         self.spatial = spatial
         self.frames = frames
+        # diffusers' `enable_gradient_checkpointing` sets this (and `_gradient_checkpointing_func`) on every
+        # module that has the attribute. `TransformerTemporalModel` has no checkpointing of its own, and the
+        # diffusers blocks call attentions outside their checkpoint, so this wrapper checkpoints it.
+        self.gradient_checkpointing = False
         channels = spatial.config.in_channels
         heads = max(1, channels // head_dim)
         self.temporal = TransformerTemporalModel(
@@ -117,12 +124,18 @@ class TransformerWithTemporalAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, *args, return_dict: bool = True, **kwargs):
         out = self.spatial(hidden_states, *args, return_dict=False, **kwargs)[0]
-        out = self.temporal(out, num_frames=self.frames.value, return_dict=False)[0]
+        if torch.is_grad_enabled() and self.gradient_checkpointing:
+            out = self._gradient_checkpointing_func(self._temporal, out)
+        else:
+            out = self._temporal(out)
         if return_dict:
             from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
             return Transformer2DModelOutput(sample=out)
         return (out,)
+
+    def _temporal(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.temporal(hidden_states, num_frames=self.frames.value, return_dict=False)[0]
 
 
 def _spatial_blocks(unet: UNet2DConditionModel):
@@ -209,6 +222,28 @@ class EmuVideoUNet(ModelMixin, ConfigMixin):
                 value = value[:, : self.latent_channels]
             out[key] = value
         return out
+
+    # ------------------------------------------------------------------ gradient checkpointing
+    def enable_gradient_checkpointing(self, gradient_checkpointing_func=None) -> None:
+        """Recompute every block in backward: spatial resnets with their temporal convs (diffusers' blocks
+        checkpoint the resnet wrappers), spatial transformer blocks, and the temporal attentions.
+
+        The default checkpoint function is recompute-safe for the frame-count holder (see `_FrameCount`).
+        """
+        super().enable_gradient_checkpointing(gradient_checkpointing_func or self._checkpoint_with_frames)
+
+    def _checkpoint_with_frames(self, module, *args):
+        frames = self._frames
+        t = frames.value  # T of this forward; the recompute runs in backward, maybe after another forward
+
+        def run(*inputs):
+            current, frames.value = frames.value, t
+            try:
+                return module(*inputs)
+            finally:
+                frames.value = current
+
+        return torch.utils.checkpoint.checkpoint(run, *args, use_reentrant=False)
 
     # ------------------------------------------------------------------ parameter groups
     def temporal_parameters(self):
