@@ -56,8 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("info", help="versions, device, attention backend, where the default model lives")
 
-    train = sub.add_parser("train", help="run a training stage from a YAML config (configs/stages/*.yaml)")
+    train = sub.add_parser("train", help="run a training stage from a YAML config (configs/stages/, configs/video/)")
     train.add_argument("--config", required=True)
+    train.add_argument("--model", help="video stages: the model to start from (a Stable-Diffusion-style or emuvideo "
+                       "folder, or Hub id; an image model is inflated); sets the config's init")
+    train.add_argument("--data", help="a folder of your clips (sets data.source=folder, data.root); "
+                       "default: the config's data.source")
     train.add_argument("--resume", help="'latest' or a checkpoint folder")
     train.add_argument("--max-steps", type=int, help="override the config's max_steps")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")

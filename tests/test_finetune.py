@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import emuvideo.training.finetune as finetune
+import emuvideo.training.video as video
 from emuvideo.cli import main
 from emuvideo.config import load_config
 from emuvideo.training.config import TrainConfig
@@ -183,14 +184,14 @@ def test_no_usable_clip_exits_2_with_one_line_naming_the_folder(model_dir, tmp_p
 
 def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(model_dir, clips, tmp_path, monkeypatch,
                                                                            capsys):
-    real, calls = finetune.video_training_loss, []
+    real, calls = video.video_training_loss, []
 
     def loss_turning_nan(*args):
         calls.append(1)
         loss = real(*args)
         return loss * float("nan") if len(calls) == 5 else loss
 
-    monkeypatch.setattr(finetune, "video_training_loss", loss_turning_nan)
+    monkeypatch.setattr(video, "video_training_loss", loss_turning_nan)
     run = tmp_path / "run"
     sets = _sets("checkpoint_every=2", "sample_every=0", f"data.cache_dir={tmp_path}/cache")
     args = ["finetune", "--data", str(clips), "--model", str(model_dir), "--output-dir", str(run)]
@@ -202,7 +203,7 @@ def test_nan_loss_stops_with_a_message_and_keeps_the_last_good_checkpoint(model_
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
     assert not (run / "final").exists()
     # The last good checkpoint resumes.
-    monkeypatch.setattr(finetune, "video_training_loss", real)
+    monkeypatch.setattr(video, "video_training_loss", real)
     cfg = load_config(TrainConfig, run / "config.yaml")
     assert finetune.run_finetune(replace(cfg, max_steps=6), clips, model=str(model_dir), resume="latest").step == 6
 

@@ -15,7 +15,8 @@ from emuvideo.data.shapes import render_clip, sample_spec
 from emuvideo.models.video_unet import EmuVideoUNet
 from emuvideo.pipelines.loading import load_pipeline
 from emuvideo.training.config import TrainConfig
-from emuvideo.training.stages import image_conditioning, run_stage, select_high_motion_clips
+from emuvideo.data.motion import select_high_motion
+from emuvideo.training.stages import image_conditioning, run_stage
 from emuvideo.training.trainer import checkpoints
 
 TOY = ["preset=tiny", "batch_size=4", "checkpoint_every=2", "sample_every=0", "log_every=1",
@@ -115,10 +116,10 @@ def test_high_motion_subset_is_chosen_from_the_frames():
     rng = random.Random(0)
     specs = [sample_spec(rng, 16, 8, speed=("quickly" if i % 3 == 0 else "slowly")) for i in range(30)]
     scores = np.array([motion_score(render_clip(s, 16, 8)) for s in specs])
-    chosen = select_high_motion_clips(scores, fraction=1 / 3)
+    chosen = select_high_motion(list(scores), fraction=1 / 3)  # the one selector, for every data source
     assert {specs[i].speed for i in chosen} == {"quickly"} and len(chosen) == 10
-    with pytest.raises(ValueError, match="high_motion_fraction"):
-        select_high_motion_clips(scores, 0)
+    with pytest.raises(ValueError):
+        select_high_motion(list(scores), 0)
 
 
 @pytest.mark.slow

@@ -11,7 +11,9 @@ atomically (temp file + os.replace, so Ctrl+C never leaves a half-written item) 
 items already on disk are not encoded again.
 
 Layout: root/<key>/fields.json, root/<key>/00000000.safetensors ... (tensors "latents" (C, T, h, w)
-and "text_embeds" (L, D); metadata "caption", "path"), root/<key>/complete.json once all exist.
+and, when text is cached, "text_embeds" (L, D); metadata "caption", "path", "motion" (the clip's motion
+score, `emuvideo.data.motion`) and, for the shapes world, "spec"), root/<key>/complete.json once all exist.
+It is the one cache of training: `emuvideo.data.sources` fills it from any `data.source`.
 """
 
 import dataclasses
@@ -77,6 +79,9 @@ def module_digest(module: torch.nn.Module) -> str:
     config = getattr(module, "config", None)
     if config is not None:
         config = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+        # diffusers/transformers bookkeeping (`_name_or_path`, `_diffusers_version`, ...) is not what the
+        # outputs depend on: the same weights read from another folder must give the same digest
+        config = {k: v for k, v in config.items() if not k.startswith("_") and k != "transformers_version"}
         h.update(json.dumps(config, sort_keys=True, default=str).encode())
     for name, tensor in sorted(module.state_dict().items()):
         h.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
@@ -153,16 +158,19 @@ class LatentCache:
                              "vae='<model id>@<revision>', text_encoder=..., dtype=...) so that latents of "
                              "another model are never read from this cache")
 
-    def build(self, dataset, encode_video: Callable, encode_text: Callable, batch_size: int = 1,
-              progress: bool = True) -> None:
+    def build(self, dataset, encode_video: Callable, encode_text: Callable | None, batch_size: int = 1,
+              progress: bool = True, num_workers: int = 0) -> None:
         """Encode every dataset item not yet on disk and write it.
 
         Args:
-            dataset: items {"pixel_values": (3, T, H, W) in [-1, 1], "caption": str, "path": str}.
+            dataset: items {"pixel_values": (3, T, H, W) in [-1, 1], "caption": str, "path": str}, and
+                optionally "spec" (a dict, kept as JSON metadata).
             encode_video: (B, 3, T, H, W) float in [-1, 1] -> latents (B, C, T, h, w).
-            encode_text: list of B captions -> (B, L, D).
+            encode_text: list of B captions -> (B, L, D); None: no text is cached (captions vary per step).
             batch_size: items encoded together (items of different shapes are never batched).
             progress: show a tqdm bar.
+            num_workers: DataLoader worker processes that decode or render items (and score their motion)
+                while this process encodes.
 
         An exception (from an encoder, or Ctrl+C) leaves only complete item files; call build
         again to encode the rest.
@@ -172,15 +180,18 @@ class LatentCache:
         self._check_cacheable(dataset)
         n = len(dataset)
         todo = [i for i in range(n) if not self._item_path(i).exists()]
+        # Streamed: items are decoded one at a time (in `num_workers` processes, a few ahead), so only one
+        # batch of pixels (and the workers' prefetch) is ever in memory.
+        items = torch.utils.data.DataLoader(_Scored(dataset, todo), batch_size=None, num_workers=num_workers,
+                                            collate_fn=_identity)
         with torch.no_grad(), tqdm(total=n, initial=n - len(todo), disable=not progress,
                                    desc=f"caching latents in {self.dir.name[:12]}", unit="item") as bar:
-            batch: list[tuple[int, dict]] = []
-            for index in todo:
-                item = dataset[index]  # stream: only one batch of pixels is ever in memory
-                if batch and item["pixel_values"].shape != batch[0][1]["pixel_values"].shape:
-                    bar.update(self._write_batch(batch, encode_video, encode_text))
+            batch: list[dict] = []
+            for item in items:
+                if batch and item["pixel_values"].shape != batch[0]["pixel_values"].shape:
+                    bar.update(self._write_batch(batch, encode_video, encode_text))  # a batch must stack
                     batch = []
-                batch.append((index, item))
+                batch.append(item)
                 if len(batch) == batch_size:
                     bar.update(self._write_batch(batch, encode_video, encode_text))
                     batch = []
@@ -193,22 +204,26 @@ class LatentCache:
         _write_json_atomic(self.dir / "complete.json", {"num_items": n, "latent_shapes": shapes})
         self._complete = None
 
-    def _write_batch(self, batch: list[tuple[int, dict]], encode_video: Callable, encode_text: Callable) -> int:
-        pixel_values = torch.stack([item["pixel_values"] for _, item in batch])  # (B, 3, T, H, W)
-        captions = [item["caption"] for _, item in batch]
+    def _write_batch(self, batch: list[dict], encode_video: Callable, encode_text: Callable | None) -> int:
+        pixel_values = torch.stack([item["pixel_values"] for item in batch])  # (B, 3, T, H, W)
+        captions = [item["caption"] for item in batch]
         latents = encode_video(pixel_values)  # (B, C, T, h, w)
-        text_embeds = encode_text(captions)  # (B, L, D)
         if latents.ndim != 5 or latents.shape[0] != len(batch):
             raise ValueError(f"encode_video must return (B={len(batch)}, C, T, h, w), got {tuple(latents.shape)}")
-        if text_embeds.ndim != 3 or text_embeds.shape[0] != len(batch):
+        text_embeds = encode_text(captions) if encode_text is not None else None  # (B, L, D)
+        if text_embeds is not None and (text_embeds.ndim != 3 or text_embeds.shape[0] != len(batch)):
             raise ValueError(f"encode_text must return (B={len(batch)}, L, D), got {tuple(text_embeds.shape)}")
-        for b, (index, item) in enumerate(batch):
-            path = self._item_path(index)
+        for b, item in enumerate(batch):
+            path = self._item_path(item["index"])
             tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-            tensors = {"latents": latents[b].detach().cpu().contiguous().clone(),
-                       "text_embeds": text_embeds[b].detach().cpu().contiguous().clone()}
+            tensors = {"latents": latents[b].detach().cpu().contiguous().clone()}
+            if text_embeds is not None:
+                tensors["text_embeds"] = text_embeds[b].detach().cpu().contiguous().clone()
+            metadata = {"caption": item["caption"], "path": str(item.get("path", "")), "motion": repr(item["motion"])}
+            if "spec" in item:
+                metadata["spec"] = json.dumps(item["spec"])
             try:
-                save_file(tensors, tmp, metadata={"caption": item["caption"], "path": str(item.get("path", ""))})
+                save_file(tensors, tmp, metadata=metadata)
                 os.replace(tmp, path)  # atomic: readers and resumes see a whole item or none
             finally:
                 tmp.unlink(missing_ok=True)
@@ -247,5 +262,37 @@ class LatentCache:
             raise FileNotFoundError(f"latent cache item {path} is missing; run build() again")
         with safe_open(path, framework="pt") as f:
             meta = f.metadata()
-            return {"latents": f.get_tensor("latents"), "text_embeds": f.get_tensor("text_embeds"),
-                    "caption": meta["caption"], "path": meta["path"]}
+            item = {name: f.get_tensor(name) for name in f.keys()}  # latents (+ text_embeds)
+        item.update(caption=meta["caption"], path=meta["path"], motion=float(meta["motion"]))
+        if "spec" in meta:
+            item["spec"] = json.loads(meta["spec"])
+        return item
+
+    def motion_scores(self) -> list[float]:
+        """Each item's motion score (read from the item files' headers, not their tensors)."""
+        scores = []
+        for i in range(len(self)):
+            with safe_open(self._item_path(i), framework="pt") as f:
+                scores.append(float(f.metadata()["motion"]))
+        return scores
+
+
+def _identity(item):
+    return item
+
+
+class _Scored(torch.utils.data.Dataset):
+    """Items `indices` of `dataset`, each with its index and motion score, computed where it is decoded."""
+
+    def __init__(self, dataset, indices: list[int]):
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict:
+        from .motion import motion_score
+
+        item = self.dataset[self.indices[i]]
+        frames = item["pixel_values"]  # (3, T, H, W)
+        return {**item, "index": self.indices[i], "motion": motion_score(frames) if frames.shape[1] > 1 else 0.0}

@@ -390,6 +390,15 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.length
 
+    def cache_fields(self) -> dict:
+        """Everything that determines this dataset's items, for `emuvideo.data.cache.LatentCache`."""
+        return {
+            # v3: image stills are the first frames of clips
+            "dataset": "ShapesDataset-v3", "split": self.split, "num_frames": self.num_frames, "fps": self.fps,
+            "length": self.length, "seed": self.seed, "resolution": self.resolution,
+            "canonical_only": self.canonical_only, "render_frames": self.render_frames,
+        }
+
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for ShapesDataset of length {self.length}")

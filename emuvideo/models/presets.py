@@ -2,7 +2,8 @@
 
 Each preset gives the configs of the spatial `UNet2DConditionModel` (the text-to-image U-Net, which the
 video U-Net is inflated from) and of the `AutoencoderKL`. Tests build ``tiny``; the shipped model is
-``default``; ``sd21`` is Stable Diffusion 2.1's U-Net, for benchmarks at real scale.
+``default``; ``sd15`` and ``sd21`` are Stable Diffusion 1.5's and 2.1's U-Nets, for memory estimates and
+benchmarks at real scale (never materialised in tests: build them on the meta device).
 """
 
 from __future__ import annotations
@@ -74,6 +75,12 @@ PRESETS: dict[str, Preset] = {
         ),
         vae=_vae((8, 16, 32, 32), sample_size=64, groups=8),
         temporal_head_dim=32,
+    ),
+    # Stable Diffusion 1.5's U-Net (860M parameters), conv proj_in/out, 768-d CLIP text states, 64x64 latents.
+    "sd15": Preset(
+        unet=_unet((320, 640, 1280, 1280), heads=8, cross_dim=768, sample_size=64, layers=2),
+        vae=_vae((128, 256, 512, 512), sample_size=512, layers=2),
+        temporal_head_dim=64,
     ),
     # Stable Diffusion 2.1's U-Net (865M parameters), linear proj_in/out, 1024-d OpenCLIP text states.
     "sd21": Preset(

@@ -13,7 +13,9 @@ class DataConfig:
     split: Literal["video", "image"] = "video"  # shapes: which combination split (see data/shapes.py)
     num_frames: int = 16
     fps: int = 8
-    resolution: int = 64
+    # frame side in pixels. None: the model's own size for video runs, the shapes world's 64 px for the
+    # autoencoder and image stages (paper §4: stage 1 trains below the target resolution)
+    resolution: int | None = None
     num_clips: int = 2048  # shapes: clips rendered (and cached) for the stage
     sampling: Literal["fps", "even", "head"] = "fps"  # folder: how frames are taken from a clip
     crop: Literal["center", "random"] = "center"
@@ -36,8 +38,8 @@ class LoraConfig:
     rank: int = 16
     alpha: int = 16
     dropout: float = 0.0
-    # which layers get adapters: "temporal" (temporal layers), "all" (spatial + temporal attention/conv)
-    layers: Literal["temporal", "all"] = "temporal"
+    # which layers get adapters: "temporal" (temporal layers), "spatial" (the image model's layers), "all"
+    layers: Literal["temporal", "spatial", "all"] = "temporal"
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out"])
     quantize_base: bool = False  # QLoRA: frozen base linear layers in NF4 with double quantization
 
@@ -47,11 +49,21 @@ class TrainConfig:
     # what is trained: the autoencoder, the text-to-image U-Net, or the video U-Net
     kind: Literal["autoencoder", "image", "video"] = "video"
     output_dir: str = "runs/stage"
-    init: str | None = None  # a previous stage's output folder (None: a fresh `preset` model)
+    # what training starts from: a previous stage's final/ folder, or (video) a model: an emuvideo or
+    # Stable-Diffusion-style folder or Hub id, inflated when it is an image model (None: a fresh `preset`)
+    init: str | None = None
     preset: str = "default"
     objective: Literal["epsilon", "v_prediction"] = "v_prediction"
     freeze_spatial: bool = True  # video: train temporal layers only (paper §3.1)
-    mode: Literal["full", "lora"] = "full"  # finetune: full fine-tune or LoRA (see `lora`)
+    mode: Literal["full", "lora"] = "full"  # video: train weights in full, or LoRA adapters (see `lora`)
+    # mode full, spatial layers frozen: the frozen spatial linear layers in 4-bit NF4 with double quantization,
+    # while the temporal layers and conv_in train in full precision (lora.quantize_base is QLoRA's switch)
+    spatial_quantization: Literal["none", "nf4"] = "none"
+    # mode full, spatial layers frozen: LoRA adapters (lora.rank, alpha, target_modules) on the spatial layers too
+    spatial_lora: bool = False
+    # dtype of the video U-Net's weights while training, trainable ones included ("bf16": pure bf16 training,
+    # optimizer state in bf16 too; LoRA adapters stay fp32). Other than mixed_precision, which autocasts fp32 weights.
+    weight_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     image_dropout: float = 0.1  # p(drop the image condition) — enables the X(∅) guidance term
     text_dropout: float = 0.1  # p(drop the text) — enables the X(I) guidance term
     kl_weight: float = 1e-6  # autoencoder

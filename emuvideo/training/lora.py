@@ -8,7 +8,9 @@ adapters) loads it without emuvideo:
 
 `target_modules` is a regex over `EmuVideoUNet` module names, built from `lora.layers`:
 ``temporal`` adapts only modules under a `.temporal.` wrapper (the layers Emu Video adds, paper §3.1);
-``all`` adapts every module of the U-Net whose name ends in one of `lora.target_modules`.
+``spatial`` only the others (the image model's layers); ``all`` every module of the U-Net whose name ends
+in one of `lora.target_modules`. On a freshly inflated model `conv_in` also trains (peft's
+`modules_to_save`, saved in the same folder): its image-condition and mask channels start at zero.
 
 Loading is loud: a LoRA that names modules the model lacks, or misses some of its own weights, is an
 error rather than an adapter that silently does nothing.
@@ -48,9 +50,11 @@ def target_regex(layers: str, target_modules: list[str]) -> str:
     names = "|".join(re.escape(m) for m in target_modules)
     if layers == "temporal":
         return rf".*\.temporal\.(?:.*\.)?(?:{names})"
+    if layers == "spatial":  # every matching module not under a temporal wrapper
+        return rf"(?!.*\.temporal\.)(?:.*\.)?(?:{names})"
     if layers == "all":
         return rf"(?:.*\.)?(?:{names})"
-    raise ValueError(f"lora.layers must be 'temporal' or 'all', got {layers!r}")
+    raise ValueError(f"lora.layers must be 'temporal', 'spatial' or 'all', got {layers!r}")
 
 
 def resolve_targets(model: nn.Module, lora: LoraConfig) -> list[str]:
@@ -69,24 +73,28 @@ def resolve_targets(model: nn.Module, lora: LoraConfig) -> list[str]:
     return names
 
 
-def peft_config(lora: LoraConfig, base_model: str | None = None) -> PeftLoraConfig:
+def peft_config(lora: LoraConfig, base_model: str | None = None, train_conv_in: bool = False) -> PeftLoraConfig:
     return PeftLoraConfig(
         r=lora.rank,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=target_regex(lora.layers, lora.target_modules),
+        modules_to_save=["conv_in"] if train_conv_in else None,
         base_model_name_or_path=base_model,
     )
 
 
-def add_lora(model: nn.Module, lora: LoraConfig, base_model: str | None = None) -> list[str]:
+def add_lora(
+    model: nn.Module, lora: LoraConfig, base_model: str | None = None, train_conv_in: bool = False
+) -> list[str]:
     """Inject trainable LoRA layers into `model` in place (everything else frozen); returns their names.
 
     A's weights start random (from torch's RNG: seed first for a reproducible run), B's at zero, so the
-    model starts out unchanged.
+    model starts out unchanged. `train_conv_in`: `conv_in` trains in full beside the adapters (peft's
+    `modules_to_save`), which a freshly inflated model needs (its condition channels start at zero).
     """
     targets = resolve_targets(model, lora)
-    inject_adapter_in_model(peft_config(lora, base_model), model)
+    inject_adapter_in_model(peft_config(lora, base_model, train_conv_in), model)
     return targets
 
 

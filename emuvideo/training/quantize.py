@@ -1,6 +1,8 @@
 """QLoRA's frozen base: the video U-Net's linear layers in 4-bit NormalFloat (Dettmers et al., 2023).
 
-Every `nn.Linear` of a frozen model becomes a bitsandbytes `Linear4bit` holding NF4 weights with double
+Two uses: QLoRA (`lora.quantize_base`: every linear layer of the frozen U-Net) and a 4-bit frozen spatial
+base under fully trained temporal layers (`spatial_quantization: nf4`: only the spatial linear layers).
+Every selected `nn.Linear` of a frozen model becomes a bitsandbytes `Linear4bit` holding NF4 weights with double
 quantization (the per-block absmax scales are quantized too, QLoRA §3); the layers compute in bf16 on a
 GPU and in fp32 on a CPU. LoRA adapters (`emuvideo.training.lora`) then train on top of them in fp32 —
 peft wraps `Linear4bit` with its own bnb-aware LoRA layer.
@@ -11,6 +13,8 @@ Convolutions (resnets, temporal convs, conv_in) stay in full precision: bitsandb
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import bitsandbytes as bnb
 import torch
@@ -50,31 +54,38 @@ def _to_nf4(linear: nn.Linear, device: torch.device, compute_dtype: torch.dtype)
 
 
 def quantize_linear_layers(
-    model: nn.Module, device: str | torch.device, compute_dtype: torch.dtype | None = None
+    model: nn.Module,
+    device: str | torch.device,
+    compute_dtype: torch.dtype | None = None,
+    only: Callable[[str], bool] | None = None,
 ) -> int:
-    """Replace every `nn.Linear` of a frozen `model` by an NF4 `Linear4bit` on `device`, in place.
+    """Replace every `nn.Linear` of `model` (or those whose name `only` accepts) by an NF4 `Linear4bit` on
+    `device`, in place. The layers quantized must be frozen; the rest of the model may train.
 
     Everything else is moved to `device` unchanged. Sets `model.is_loaded_in_4bit`, which peft reads to
     give these layers its 4-bit LoRA wrapper.
 
     Args:
-        model: a module whose parameters are all frozen (QLoRA never updates the base).
-        device: where the quantized model lives ("cpu" or "cuda:N").
+        model: the module; its selected linear layers are frozen (a 4-bit weight is never updated).
+        device: where the quantized model lives ("cpu", "cuda:N", or "meta" for a memory estimate).
         compute_dtype: the dtype the 4-bit layers compute in (default: `compute_dtype_for(device)`).
+        only: a predicate on module names (e.g. spatial layers only); None: every linear layer.
     Returns:
         how many layers were quantized.
     """
     device = torch.device(device)
     compute_dtype = compute_dtype or compute_dtype_for(device)
-    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    selected = [
+        (name, module) for name, module in model.named_modules()
+        if type(module) is nn.Linear and (only is None or only(name))  # exact type: wrapped layers are skipped
+    ]
+    trainable = [f"{name}.{p}" for name, module in selected for p, v in module.named_parameters() if v.requires_grad]
     if trainable:
-        raise ValueError(f"QLoRA quantizes a frozen base, but {trainable[0]} (and {len(trainable) - 1} more) train")
-    count = 0
-    for parent in list(model.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear:  # exact type: peft/bnb subclasses are already wrapped
-                setattr(parent, name, _to_nf4(child, device, compute_dtype))
-                count += 1
+        raise ValueError(f"NF4 layers are frozen, but {trainable[0]} (and {len(trainable) - 1} more) train")
+    for name, child in selected:
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, _to_nf4(child, device, compute_dtype))
+    count = len(selected)
     if count == 0:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantize")
     model.to(device)

