@@ -75,6 +75,26 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--max-steps", type=int, help="override the config's max_steps")
     ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
 
+    est = sub.add_parser(
+        "estimate-memory",
+        help="predict the peak GPU memory of one training step, without a GPU",
+        description="Runs one real training step of the config on PyTorch's meta device and counts live memory "
+        "as the CUDA caching allocator holds it (what torch.cuda.max_memory_allocated reports).",
+    )
+    est.add_argument("--preset", help="model size: sd21, sd15, default, tiny (default: the config's preset)")
+    est.add_argument("--model", help="a local model folder (Stable-Diffusion-style or emuvideo); only its "
+                     "unet/config.json is read")
+    est.add_argument("--config", help="a train or finetune YAML (default: the finetune defaults, LoRA)")
+    est.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    est.add_argument("--frames", type=int, help="frames per clip (default: the config's data.num_frames)")
+    est.add_argument("--size", type=int, help="frame side in pixels (default: data.resolution, else the model's)")
+    est.add_argument("--batch", type=int, help="clips per step (default: the config's batch_size)")
+    est.add_argument("--budget", help="a card size such as 24GB: estimate every video config of configs/ and "
+                     "list those that fit, smallest first")
+    est.add_argument("--configs-dir", default=str(Path(__file__).resolve().parent.parent / "configs"),
+                     help="where --budget looks for configs (default: the checkout's configs/)")
+    est.add_argument("--json", help="also write the estimate(s) to this JSON file")
+
     lora = sub.add_parser("lora", help="LoRA utilities")
     lora_sub = lora.add_subparsers(dest="lora_command", required=True)
     merge = lora_sub.add_parser("merge", help="bake a LoRA into a copy of the model folder")
@@ -276,6 +296,58 @@ def cmd_finetune(args) -> None:
     run_finetune_from_cli(args)
 
 
+def cmd_estimate_memory(args) -> None:
+    import json
+
+    from .config import load_config, parse_overrides
+    from .training.config import TrainConfig
+    from .training.finetune import finetune_config
+    from .training.memory import budget_configs, describe, measure_step, parse_bytes
+
+    for name in ("frames", "size", "batch"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise CLIError(f"--{name} must be >= 1, got {value}")
+    if args.model is not None and not Path(args.model).is_dir():
+        raise CLIError(f"--model {args.model!r}: no such model folder")
+    overrides = parse_overrides(args.set)
+    shape = dict(model=args.model, frames=args.frames, size=args.size, batch=args.batch)
+
+    def estimate(path):
+        cfg = load_config(TrainConfig, path, overrides) if path else finetune_config(None, overrides)
+        return measure_step(cfg, preset=args.preset or cfg.preset, name=str(path or "finetune defaults"), **shape)
+
+    if args.budget is None:
+        one = estimate(args.config)
+        print(describe(one))
+        results = [one.to_dict()]
+    else:
+        budget = parse_bytes(args.budget)
+        root = Path(args.configs_dir)
+        configs = budget_configs(root) if root.is_dir() else []
+        if not configs:
+            raise CLIError(f"--configs-dir {str(root)!r} holds no video training config")
+        from tqdm.auto import tqdm
+
+        estimates = [estimate(path) for path in tqdm(configs, desc="estimating configs", disable=args.json == "-")]
+        rows = sorted(((e, e.card_bytes <= budget) for e in estimates), key=lambda r: r[0].card_bytes)
+        fitting = [e for e, ok in rows if ok]
+        print(f"configs that fit {args.budget} (whole-card need, smallest first):")
+        for e in fitting:
+            print(f"  {e.card_bytes / 2**30:6.2f} GiB  {e.name}  ({e.model}, {e.frames}x{e.size}², batch {e.batch})")
+        if not fitting:
+            print("  none")
+        too_big = [e for e, ok in rows if not ok]
+        if too_big:
+            print("too large: " + ", ".join(f"{e.name} ({e.card_bytes / 2**30:.1f} GiB)" for e in too_big))
+        results = [dict(e.to_dict(), fits=ok) for e, ok in rows]
+    if args.json:
+        from .utils.files import atomic_path
+
+        with atomic_path(args.json) as tmp:
+            tmp.write_text(json.dumps(results, indent=1))
+
+
 def cmd_lora(args) -> None:
     from .training.lora import merge_lora_cli
 
@@ -289,6 +361,7 @@ COMMANDS = {
     "train": cmd_train,
     "finetune": cmd_finetune,
     "lora": cmd_lora,
+    "estimate-memory": cmd_estimate_memory,
 }
 
 

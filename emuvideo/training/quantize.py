@@ -29,7 +29,9 @@ def compute_dtype_for(device: str | torch.device) -> torch.dtype:
     return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
 
 
-def _to_nf4(linear: nn.Linear, device: torch.device, compute_dtype: torch.dtype) -> bnb.nn.Linear4bit:
+def _to_nf4(
+    linear: nn.Linear, device: torch.device, compute_dtype: torch.dtype, quant_storage: torch.dtype = torch.uint8
+) -> bnb.nn.Linear4bit:
     q = bnb.nn.Linear4bit(
         linear.in_features,
         linear.out_features,
@@ -37,15 +39,25 @@ def _to_nf4(linear: nn.Linear, device: torch.device, compute_dtype: torch.dtype)
         compute_dtype=compute_dtype,
         compress_statistics=DOUBLE_QUANT,
         quant_type=QUANT_TYPE,
+        quant_storage=quant_storage,  # the layer re-wraps a weight FSDP gathered as this dtype
         device="meta",  # no fp32 copy: the weight is replaced just below
     )
-    # Params4bit quantizes when it is moved to a device: one layer at a time, so a GPU never holds the
-    # full-precision model (that peak would defeat the point of QLoRA).
-    q.weight = bnb.nn.Params4bit(
-        linear.weight.data, requires_grad=False, compress_statistics=DOUBLE_QUANT, quant_type=QUANT_TYPE, module=q
-    ).to(device)
+    if device.type == "meta":  # a memory estimate: Params4bit would skip quantizing on a move to meta
+        from ..utils.memory import params4bit_on_meta
+
+        q.weight = params4bit_on_meta(linear.weight.data.to("meta"), quant_type=QUANT_TYPE,
+                                      compress_statistics=DOUBLE_QUANT, quant_storage=quant_storage, module=q)
+    else:
+        # Params4bit quantizes when it is moved to a device: one layer at a time, so a GPU never holds the
+        # full-precision model (that peak would defeat the point of QLoRA).
+        q.weight = bnb.nn.Params4bit(
+            linear.weight.data, requires_grad=False, compress_statistics=DOUBLE_QUANT, quant_type=QUANT_TYPE,
+            quant_storage=quant_storage, module=q,
+        ).to(device)
     if linear.bias is not None:
-        q.bias = nn.Parameter(linear.bias.data.to(device), requires_grad=False)
+        # In the compute dtype from the start: Linear4bit.forward otherwise swaps `bias.data` for a cast copy on
+        # its first call, behind the back of FSDP, which holds the gathered bias.
+        q.bias = nn.Parameter(linear.bias.data.to(device, compute_dtype), requires_grad=False)
     # bitsandbytes 0.50 repacks a CPU layer's weight into a bf16 format the first time it runs in eval mode
     # without grad: that breaks on layers narrower than a block (in_features < 64) and makes samples drawn
     # during training compute differently from the training steps. Keep one format.
@@ -58,6 +70,7 @@ def quantize_linear_layers(
     device: str | torch.device,
     compute_dtype: torch.dtype | None = None,
     only: Callable[[str], bool] | None = None,
+    quant_storage: torch.dtype = torch.uint8,
 ) -> int:
     """Replace every `nn.Linear` of `model` (or those whose name `only` accepts) by an NF4 `Linear4bit` on
     `device`, in place. The layers quantized must be frozen; the rest of the model may train.
@@ -70,6 +83,9 @@ def quantize_linear_layers(
         device: where the quantized model lives ("cpu", "cuda:N", or "meta" for a memory estimate).
         compute_dtype: the dtype the 4-bit layers compute in (default: `compute_dtype_for(device)`).
         only: a predicate on module names (e.g. spatial layers only); None: every linear layer.
+        quant_storage: the dtype the packed 4-bit weights are stored as (two 4-bit values a byte either way:
+            same values, same math). torch.bfloat16 lets FSDP shard them like any bf16 weight; with uint8
+            accelerate leaves them whole on every process.
     Returns:
         how many layers were quantized.
     """
@@ -84,7 +100,7 @@ def quantize_linear_layers(
         raise ValueError(f"NF4 layers are frozen, but {trainable[0]} (and {len(trainable) - 1} more) train")
     for name, child in selected:
         parent_name, _, attr = name.rpartition(".")
-        setattr(model.get_submodule(parent_name) if parent_name else model, attr, _to_nf4(child, device, compute_dtype))
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, _to_nf4(child, device, compute_dtype, quant_storage))
     count = len(selected)
     if count == 0:
         raise ValueError(f"{type(model).__name__} has no nn.Linear layer to quantize")

@@ -1,8 +1,10 @@
 """The training loop every stage and fine-tune shares, on accelerate.
 
 What it guarantees:
-- mixed precision, gradient accumulation and multi-process (DDP; FSDP/DeepSpeed through an accelerate
-  config) come from `accelerate`;
+- mixed precision, gradient accumulation and multi-process come from `accelerate`: DDP, or FSDP2 (parameters,
+  gradients and optimizer state sharded) with `accelerate launch --config_file configs/accelerate/fsdp.yaml`
+  (docs/scaling.md); under FSDP checkpoints are sharded (one file per process), samples are drawn by every
+  process (each forward gathers the shards) and the final weights are gathered into one model for `save_fn`;
 - checkpoints every N steps hold model, optimizer, LR schedule, RNG states and the data position; they
   are written into a temporary folder and renamed, so Ctrl+C while saving never leaves a broken one; the
   last K are kept; `resume="latest"` continues exactly where the run stopped;
@@ -12,6 +14,8 @@ What it guarantees:
 
 from __future__ import annotations
 
+import copy
+import itertools
 import json
 import logging
 import math
@@ -25,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -47,13 +51,15 @@ class TrainResult:
     output_dir: Path
 
 
-def make_optimizer(params, optim) -> torch.optim.Optimizer:
+def make_optimizer(params, optim, foreach: bool | None = None) -> torch.optim.Optimizer:
+    """The optimizer `optim.optimizer` names. `foreach` (AdamW): None lets torch choose (True on CUDA);
+    `emuvideo estimate-memory` sets True, so a meta step allocates the temporaries a CUDA step does."""
     params = [p for p in params if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: every parameter is frozen")
     kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
     if optim.optimizer == "adamw":
-        return torch.optim.AdamW(params, **kwargs)
+        return torch.optim.AdamW(params, **kwargs, foreach=foreach)
     import bitsandbytes as bnb
 
     if optim.optimizer == "adamw8bit":
@@ -67,6 +73,50 @@ def make_optimizer(params, optim) -> torch.optim.Optimizer:
 
 def _warmup(warmup_steps: int):
     return lambda step: min(1.0, (step + 1) / max(1, warmup_steps))
+
+
+def check_fsdp(plugin) -> None:
+    """FSDP settings the Trainer cannot run, refused with the setting to change."""
+    if plugin.fsdp_version == 1 and not plugin.use_orig_params:
+        # FSDP1 flattens each wrapped block into one parameter, which must then be all frozen or all trained.
+        raise ValueError("FSDP1 (fsdp_version: 1) needs fsdp_use_orig_params: true: frozen and trained "
+                         "parameters share the wrapped blocks; or use fsdp_version: 2 (configs/accelerate/fsdp.yaml, "
+                         "torch >= 2.6)")
+    if plugin.activation_checkpointing:
+        raise ValueError("fsdp_activation_checkpointing: true: recomputation is the emuvideo config's "
+                         "gradient_checkpointing (diffusers' own); set fsdp_activation_checkpointing: false")
+
+
+def storage_free_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` whose parameters and persistent buffers are meta tensors: its structure, no storage.
+
+    FSDP replaces the parameters of the module it shards; this copy, made before, keeps the structure the
+    gathered weights are loaded into (`fill_storage_free_copy`). Non-persistent buffers are shared with
+    `model`. Parameters of other classes than `nn.Parameter` (bitsandbytes' frozen 4-bit `Params4bit`, whose
+    quantization state a meta tensor would lose) are copied to the CPU, so the device keeps only its shard.
+    """
+    kept = {id(t) for t in model.state_dict(keep_vars=True).values()}
+    memo = {}
+    for t in itertools.chain(model.parameters(), model.buffers()):
+        if id(t) not in kept:
+            memo[id(t)] = t
+        elif isinstance(t, torch.nn.Parameter) and type(t) is not torch.nn.Parameter:
+            memo[id(t)] = copy.deepcopy(t).cpu()  # a copy first: Params4bit.to moves its quant_state in place
+        elif type(t) is torch.nn.Parameter:
+            memo[id(t)] = torch.nn.Parameter(torch.empty_like(t, device="meta"), requires_grad=t.requires_grad)
+        else:
+            memo[id(t)] = torch.empty_like(t, device="meta")
+    return copy.deepcopy(model, memo)
+
+
+def fill_storage_free_copy(model: torch.nn.Module, state: dict[str, torch.Tensor]) -> torch.nn.Module:
+    """Load `state` into the meta tensors of a `storage_free_copy`, in place; every one must be in `state`."""
+    empty = [n for n, t in itertools.chain(model.named_parameters(), model.named_buffers()) if t.is_meta]
+    missing = [n for n in empty if n not in state]
+    if missing:
+        raise RuntimeError(f"the gathered state dict lacks {missing[0]!r} (and {len(missing) - 1} more)")
+    model.load_state_dict({n: state[n] for n in empty}, strict=False, assign=True)
+    return model
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
@@ -100,8 +150,10 @@ class Trainer:
             checkpoints restore.
         dataset: a map-style dataset; batches are collated by `collate_fn`.
         sample_fn: `(model, step, writer_dir) -> dict[str, np.ndarray video]` called every `sample_every`
-            steps on the main process; videos are saved as GIFs and to TensorBoard.
-        save_fn: `(model, folder)` writes the final weights in their published format.
+            steps on the main process (under FSDP on every process, as its forward is collective; the main
+            one's videos are written); videos are saved as GIFs and to TensorBoard.
+        save_fn: `(model, folder)` writes the final weights in their published format, on the main process
+            (under FSDP `model` is a CPU copy holding the gathered weights).
     """
 
     def __init__(
@@ -124,6 +176,14 @@ class Trainer:
             dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
         )
         set_seed(config.seed)
+        acc = self.accelerator
+        self.fsdp = acc.distributed_type == DistributedType.FSDP
+        if self.fsdp:
+            check_fsdp(acc.state.fsdp_plugin)
+        # After FSDP's prepare no process holds the whole model: the final weights are gathered into this.
+        self._unsharded = None
+        if self.fsdp and save_fn is not None and acc.is_main_process:
+            self._unsharded = storage_free_copy(model)
         self.loss_fn, self.sample_fn, self.save_fn = loss_fn, sample_fn, save_fn
         loader = DataLoader(
             dataset,
@@ -133,11 +193,17 @@ class Trainer:
             collate_fn=collate_fn,
             generator=torch.Generator().manual_seed(config.seed),
         )
+        fsdp1 = self.fsdp and acc.state.fsdp_plugin.fsdp_version == 1
+        if fsdp1:  # FSDP1 flattens the parameters as it wraps: the optimizer must take the wrapped ones
+            model = acc.prepare(model)
         optimizer = make_optimizer(model.parameters(), config.optim)
         lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _warmup(config.optim.warmup_steps))
-        self.model, self.optimizer, self.loader, self.lr_scheduler = self.accelerator.prepare(
-            model, optimizer, loader, lr_scheduler
-        )
+        if fsdp1:
+            self.model = model
+            self.optimizer, self.loader, self.lr_scheduler = acc.prepare(optimizer, loader, lr_scheduler)
+        else:  # one call: FSDP2 shards the model in place and re-points the optimizer at the shards
+            prepared = acc.prepare(model, optimizer, loader, lr_scheduler)
+            self.model, self.optimizer, self.loader, self.lr_scheduler = prepared
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -200,16 +266,20 @@ class Trainer:
         plot_loss_curve(path, self.output_dir / "loss.png", title=Path(self.config.output_dir).name)
 
     def _sample(self) -> None:
-        if self.sample_fn is None or not self.accelerator.is_main_process:
+        acc = self.accelerator
+        # Under FSDP every forward gathers the shards from all processes: each samples, the main one writes.
+        if self.sample_fn is None or not (acc.is_main_process or self.fsdp):
             return
         from ..utils.video import write_video
 
-        model = self.accelerator.unwrap_model(self.model)
+        model = self.model if self.fsdp else acc.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         with torch.random.fork_rng():  # sampling must not change the training run's random stream
             videos = self.sample_fn(model, self.step)
         model.train(was_training)
+        if not acc.is_main_process:
+            return
         folder = self.output_dir / "samples"
         tracker = self.accelerator.get_tracker("tensorboard", unwrap=True)
         for i, (name, frames) in enumerate(videos.items()):
@@ -217,6 +287,15 @@ class Trainer:
             if tracker is not None:  # a strip of frames: add_video would need moviepy
                 strip = np.concatenate(list(frames), axis=1)  # (H, T*W, 3)
                 tracker.add_image(f"samples/{i}", strip, self.step, dataformats="HWC")
+
+    def _final_model(self) -> torch.nn.Module | None:
+        """The trained model as one module. Under FSDP every process must call this: the shards are gathered
+        (a collective) into the CPU copy the main process made before sharding; the others get None."""
+        acc = self.accelerator
+        if not self.fsdp:
+            return acc.unwrap_model(self.model)
+        state = acc.get_state_dict(self.model)  # full tensors on the main process's CPU, {} on the others
+        return fill_storage_free_copy(self._unsharded, state) if acc.is_main_process else None
 
     # ------------------------------------------------------------------ loop
     def _out_of_time(self, started: float) -> bool:
@@ -281,8 +360,10 @@ class Trainer:
         if out_of_time:
             logger.info("max_minutes=%s reached at step %d; writing final/", cfg.max_minutes, self.step)
         acc.wait_for_everyone()
-        if self.save_fn is not None and acc.is_main_process:
-            self.save_fn(acc.unwrap_model(self.model), self.output_dir / "final")
+        if self.save_fn is not None:
+            model = self._final_model()
+            if acc.is_main_process:
+                self.save_fn(model, self.output_dir / "final")
         if acc.is_main_process:
             self._plot_losses()
         acc.end_training()

@@ -123,8 +123,8 @@ def prepare_unet(unet, cfg: TrainConfig, device, base_model: str | None = None, 
     """
     check_modes(cfg)
     dtype = WEIGHT_DTYPES[cfg.weight_dtype]
-    if unet.dtype != dtype:
-        unet.to(dtype=dtype)
+    if unet.dtype != dtype:  # nn.Module.to: ModelMixin.to warns about fp32 modules this model does not have
+        torch.nn.Module.to(unet, dtype=dtype)
     compute_dtype = compute_dtype or (dtype if dtype != torch.float32 else compute_dtype_for(device))
     if cfg.mode == "lora":
         unet.requires_grad_(False)
@@ -138,7 +138,8 @@ def prepare_unet(unet, cfg: TrainConfig, device, base_model: str | None = None, 
     else:
         unet.freeze_spatial(cfg.freeze_spatial)
         if cfg.spatial_quantization == "nf4":
-            count = quantize_linear_layers(unet, device, compute_dtype, only=_is_spatial)
+            # bf16 storage: the packed 4-bit weights then shard under FSDP (docs/scaling.md); same bytes, same math
+            count = quantize_linear_layers(unet, device, compute_dtype, only=_is_spatial, quant_storage=torch.bfloat16)
             logger.info("NF4 spatial base: %d frozen spatial linear layers in 4 bits", count)
         if cfg.spatial_lora:
             torch.manual_seed(cfg.seed)
@@ -217,7 +218,12 @@ def on_device(device, *modules):
 def checkpoint_trainable_only(accelerator, cfg: TrainConfig, device) -> None:
     """Checkpoints keep the trainable parameters only (LoRA: megabytes, not the whole U-Net); the frozen
     base is re-read from the model on resume — a 4-bit base could not round-trip a state dict anyway —
-    so a resume checks that it continues the same run (same model, mode and LoRA settings)."""
+    so a resume checks that it continues the same run (same model, mode and LoRA settings).
+
+    Under FSDP accelerate saves and loads the whole model itself, sharded (torch.distributed.checkpoint; the
+    frozen base too, NF4 included, which round-trips there), before these hooks run: the save hook gets no
+    weights to filter and the load hook no model to load, and only checks the run.
+    """
 
     def save_hook(models, weights, output_dir):
         if len(weights) != len(models):  # FSDP / DeepSpeed save their own shards: nothing to filter
@@ -232,7 +238,7 @@ def checkpoint_trainable_only(accelerator, cfg: TrainConfig, device) -> None:
             if getattr(saved, key) != getattr(cfg, key):
                 raise ValueError(f"checkpoint {input_dir} was trained with {key}={getattr(saved, key)}, "
                                  f"this run has {key}={getattr(cfg, key)}; resume continues the same run")
-        for i, model in enumerate(models):
+        for i, model in enumerate(models):  # none under FSDP: its shards are loaded already
             path = Path(input_dir) / (f"model_{i}.safetensors" if i else "model.safetensors")
             state = load_file(str(path), device=str(device))
             trainable = {n for n, p in model.named_parameters() if p.requires_grad}
