@@ -54,6 +54,8 @@ def folder_clips(cfg, size: int, num_frames: int):
 
 
 SOURCES = {"shapes": shapes_clips, "folder": folder_clips}
+# Sources whose items carry a spec that a caption is drawn from at every step: their text is not cached.
+CAPTIONS_PER_STEP = {"shapes"}
 
 
 def process_state() -> PartialState:
@@ -104,7 +106,7 @@ def training_data(cfg, vae, tokenizer, text_encoder, size: int, num_frames: int 
 
     state = process_state()
     device = state.device
-    cache_text = d.source != "shapes"  # shapes captions are drawn per step from the spec
+    cache_text = d.source not in CAPTIONS_PER_STEP
     fields = {**clips.cache_fields(), **encoder_fields(vae, tokenizer, text_encoder), "text_cached": cache_text}
     with state.main_process_first():  # the first process encodes, the others find the items on disk
         cache = LatentCache(d.cache_dir, fields)

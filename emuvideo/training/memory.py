@@ -60,6 +60,7 @@ class MemoryEstimate:
     paged_bytes: int = 0  # bitsandbytes' paged optimizer state: unified memory, not in the peak
     trainable_params: int = 0
     total_params: int = 0
+    measured_bytes: int | None = None  # a real CUDA step's `torch.cuda.max_memory_allocated` (device="cuda")
     seconds: float = 0.0
 
     @property
@@ -130,8 +131,10 @@ def measure_step(
     target: str = "cuda",
     name: str = "",
 ) -> MemoryEstimate:
-    """Count the memory of two training steps of `cfg` on `device`: "meta" (no memory, no compute) or "cpu"
-    (real tensors, to check the method: a meta and a CPU run of the same step must count the same bytes).
+    """Count the memory of two training steps of `cfg` on `device`: "meta" (no memory, no compute), "cpu"
+    (real tensors, to check the method: a meta and a CPU run of the same step must count the same bytes) or
+    "cuda" (a real GPU step: `measured_bytes` is then `torch.cuda.max_memory_allocated` over the two steps,
+    the number the meta estimate predicts; scripts/check_memory_estimate.py compares them).
 
     target: the device whose kernels are modelled: "cuda" (the estimate: CUDA's attention kernels and the
     temporaries inside its kernels) or "cpu" (the CPU's attention kernel; the only choice on a CPU run).
@@ -168,14 +171,18 @@ def measure_step(
     text_dim = unet.unet.config.cross_attention_dim
     latent = size // 8
 
-    if target not in ("cuda", "cpu") or (device == "cpu" and target != "cpu"):
-        raise ValueError(f"target must be 'cuda' (on meta) or 'cpu', got {target!r} on {device}")
+    if target not in ("cuda", "cpu") or device not in ("meta", target):
+        raise ValueError(f"target must be 'cuda' (on meta or cuda) or 'cpu' (on meta or cpu), got {target!r} on {device}")
     counter = LiveMemoryCounter(device, workspace=cuda_workspace if target == "cuda" else None)
     if device == "meta" and getattr(optimizer, "is_paged", False):
         if target == "cuda":
             page_optimizer_state(optimizer, counter)
         else:  # what bitsandbytes does on a CPU: ordinary buffers
             optimizer.is_paged = False
+    cuda = device == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     with device_kernels(target), counter:
         counter.track_module(unet)
         counter.track_gradients(params)
@@ -192,10 +199,12 @@ def measure_step(
             counter.track_optimizer(optimizer)
             del loss
     breakdown = counter.peak_breakdown
+    measured = torch.cuda.max_memory_allocated() if cuda else None
     return MemoryEstimate(
         name=name, model=model or preset, frames=frames, size=size, batch=batch, peak_bytes=counter.peak,
         breakdown={k: v for k, v in breakdown.items() if v and k not in (PAGED, HOST)},
         paged_bytes=breakdown.get(PAGED, 0), trainable_params=sum(p.numel() for p in params),
+        measured_bytes=measured,
         total_params=base_params + sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n), seconds=round(time.perf_counter() - started, 2),
     )
 

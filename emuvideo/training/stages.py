@@ -26,7 +26,6 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from ..config import load_config, parse_overrides
-from ..data.cache import module_digest
 from ..data.shapes import FRAME_SIZE
 from ..data.sources import collate, training_data
 from ..models.presets import build_unet2d, build_vae
@@ -101,12 +100,12 @@ def caption_for(spec: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- stages
-def _load_vae(cfg: TrainConfig) -> tuple[AutoencoderKL, str]:
+def _load_vae(cfg: TrainConfig) -> AutoencoderKL:
     vae_dir = Path(cfg.init) / "vae"
     if not (vae_dir / "config.json").is_file():
         raise ValueError(f"init {cfg.init!r} has no vae/ folder (run the autoencoder stage first)")
     vae = AutoencoderKL.from_pretrained(str(vae_dir)).requires_grad_(False).eval()
-    return vae, module_digest(vae)
+    return vae
 
 
 def _pixels(batch: dict) -> torch.Tensor:
@@ -175,7 +174,7 @@ def build_autoencoder_stage(cfg: TrainConfig) -> dict:
 
 
 def build_image_stage(cfg: TrainConfig) -> dict:
-    vae, _ = _load_vae(cfg)
+    vae = _load_vae(cfg)
     tokenizer, text_encoder = load_minilm()
     image_unet_dir = Path(cfg.init) / "image_unet"
     if image_unet_dir.is_dir():

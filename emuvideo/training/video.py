@@ -27,9 +27,9 @@ from safetensors.torch import load_file
 
 from ..config import load_config
 from ..data.cache import LatentCache
-from ..data.sources import collate, process_state, training_data
+from ..data.sources import CAPTIONS_PER_STEP, collate, process_state, training_data
 from ..pipelines.common import encode_frames
-from ..schedules import make_train_scheduler
+from ..schedules import make_sample_scheduler, make_train_scheduler
 from .config import TrainConfig
 from .lora import add_lora, save_lora, save_model_folder
 from .quantize import compute_dtype_for, quantize_linear_layers
@@ -279,14 +279,14 @@ def build_video_stage(cfg: TrainConfig) -> dict:
     pipe.set_progress_bar_config(disable=True)
     # The video model samples the way it was last trained (stage 1's epsilon becomes stage 2's v); the image
     # stage keeps its own scheduler. A fine-tune checks that it keeps the model's objective (`model_objective`).
-    pipe.scheduler = _sample_scheduler(cfg.objective)
+    pipe.scheduler = make_sample_scheduler(cfg.objective)
     prepare_unet(pipe.unet, cfg, device, base_model=cfg.init or "emuvideo-default", fresh=base.fresh)
     for module in (pipe.vae, pipe.text_encoder, pipe.image_unet):
         module.requires_grad_(False).eval()
     size = cfg.data.resolution or pipe.image_to_video.default_size
     dataset = training_data(cfg, pipe.vae, pipe.tokenizer, pipe.text_encoder, size)
     cached = isinstance(dataset, (LatentCache, torch.utils.data.Subset))
-    text_cached = cached and cfg.data.source != "shapes"  # shapes captions are drawn per step
+    text_cached = cached and cfg.data.source not in CAPTIONS_PER_STEP
     train_scheduler = make_train_scheduler(cfg.objective)
     encode_text = CaptionEncoder(pipe.tokenizer, pipe.text_encoder)
     if text_cached:  # the text encoder stays off the device; a dropped caption's states, once: (1, L, D)
@@ -296,7 +296,7 @@ def build_video_stage(cfg: TrainConfig) -> dict:
     def loss_fn(unet, batch):
         captions = [caption_for(s) for s in batch["spec"]] if "spec" in batch else list(batch["caption"])
         captions = drop_captions(captions, cfg.text_dropout)  # "" where dropped
-        dtype = next(p for p in unet.parameters() if p.is_floating_point()).dtype
+        dtype = WEIGHT_DTYPES[cfg.weight_dtype]
         if "latents" in batch:
             latents = batch["latents"]  # (B, C, T, h, w)
         else:  # no cache: the encoders live on the device
@@ -345,9 +345,3 @@ def build_video_stage(cfg: TrainConfig) -> dict:
         frozen.append(pipe.text_encoder)
     return dict(model=pipe.unet, loss_fn=loss_fn, dataset=dataset, collate_fn=collate, sample_fn=sample_fn,
                 save_fn=save_fn, frozen=frozen, trainable_only=True)
-
-
-def _sample_scheduler(objective: str):
-    from ..schedules import make_sample_scheduler
-
-    return make_sample_scheduler(objective)
