@@ -75,6 +75,29 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--max-steps", type=int, help="override the config's max_steps")
     ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
 
+    ev = sub.add_parser(
+        "eval",
+        help="judge a model on the shapes world: strict and lenient verdicts, per attribute, with 95%% intervals",
+        description="Generates every prompt of a set with --seeds noise draws (or reads existing clips with "
+        "--videos/--captions) and reports strict and lenient accuracy per attribute, for video-trained vs "
+        "held-out pairs and slow vs quick prompts, each with a Wilson 95% interval.",
+    )
+    ev.add_argument("--model", help="model folder or Hub id (default: the model shipped with emuvideo)")
+    ev.add_argument("--lora", help="a LoRA folder from finetune, applied to the video U-Net")
+    ev.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA (0 = base model)")
+    ev.add_argument("--prompts", help="canonical (15 pairs x 4 directions x 2 speeds), paraphrase (60 held-out "
+                    "phrasings) or a file, one prompt a line (default: canonical)")
+    ev.add_argument("--seeds", type=int, help="noise draws per prompt, each prompt x seed its own (default: 3)")
+    ev.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 25)")
+    ev.add_argument("--batch-size", type=int, default=8, help="videos per pipeline call (default: 8)")
+    ev.add_argument("--videos", help="score the .mp4/.gif clips of this folder (name order) instead of generating")
+    ev.add_argument("--captions", help="with --videos: one caption a line, the i-th for the i-th clip")
+    ev.add_argument("--json", help="write the summary and every verdict to this JSON file")
+    ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    # eval samples at the model's own length, size and fps; these let it share `_check_sampling`.
+    ev.set_defaults(num_frames=None, fps=None, height=None, width=None)
+
     est = sub.add_parser(
         "estimate-memory",
         help="predict the peak GPU memory of one training step, without a GPU",
@@ -296,8 +319,42 @@ def cmd_finetune(args) -> None:
     run_finetune_from_cli(args)
 
 
+def cmd_eval(args) -> None:
+    from .evaluation.evaluate import DEFAULT_SEEDS, evaluate_pipeline, evaluate_videos
+    from .evaluation.prompt_sets import DEFAULT_PROMPT_SET, load_prompt_set
+
+    generating = {"--model": args.model, "--lora": args.lora, "--prompts": args.prompts, "--seeds": args.seeds,
+                  "--steps": args.num_inference_steps}
+    if args.videos is not None or args.captions is not None:
+        if args.videos is None or args.captions is None:
+            raise CLIError("--videos and --captions go together")
+        given = [name for name, value in generating.items() if value is not None]
+        if given:
+            raise CLIError(f"--videos scores existing clips; {', '.join(given)} only apply when generating")
+        report = evaluate_videos(args.videos, args.captions, progress=not args.quiet)
+    else:
+        _check_sampling(args)  # --steps, --model, --lora
+        seeds = DEFAULT_SEEDS if args.seeds is None else args.seeds
+        for name, value in (("--seeds", seeds), ("--batch-size", args.batch_size)):
+            if value < 1:
+                raise CLIError(f"{name} must be >= 1, got {value}")
+        prompt_set = args.prompts or DEFAULT_PROMPT_SET
+        prompts = load_prompt_set(prompt_set)
+        pipe = _load(args, _device(args.device))
+        pipe.set_progress_bar_config(disable=True)  # one bar for the whole evaluation
+        meta = {"model": args.model or "default", "lora": args.lora, "lora_scale": args.lora_scale if args.lora else None,
+                "prompt_set": prompt_set}
+        report = evaluate_pipeline(pipe, prompts, seeds=seeds, batch_size=args.batch_size,
+                                   num_inference_steps=args.num_inference_steps, progress=not args.quiet, meta=meta)
+    print(report.table())
+    print(f"\n{len(report.rows)} videos judged in {report.meta['seconds']:.0f} s")
+    if args.json:
+        print(report.write_json(args.json))
+
+
 def cmd_estimate_memory(args) -> None:
     import json
+    import os
 
     from .config import load_config, parse_overrides
     from .training.config import TrainConfig
@@ -315,7 +372,8 @@ def cmd_estimate_memory(args) -> None:
 
     def estimate(path):
         cfg = load_config(TrainConfig, path, overrides) if path else finetune_config(None, overrides)
-        return measure_step(cfg, preset=args.preset or cfg.preset, name=str(path or "finetune defaults"), **shape)
+        name = "finetune defaults" if path is None else os.path.relpath(path)
+        return measure_step(cfg, preset=args.preset or cfg.preset, name=name, **shape)
 
     if args.budget is None:
         one = estimate(args.config)
@@ -362,6 +420,7 @@ COMMANDS = {
     "finetune": cmd_finetune,
     "lora": cmd_lora,
     "estimate-memory": cmd_estimate_memory,
+    "eval": cmd_eval,
 }
 
 
