@@ -29,8 +29,14 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--width", type=int)
     p.add_argument("--guidance-image", type=float, help="w_i, image guidance scale (default: 2.0)")
     p.add_argument("--guidance-text", type=float, help="w_p, text guidance scale (default: 7.5)")
-    p.add_argument("--lora", help="a LoRA folder (adapter_model.safetensors + adapter_config.json) from finetune")
-    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA (0 = base model)")
+    p.add_argument("--lora", action="append", help="a LoRA for the video U-Net: a folder from finetune or a "
+                   "diffusers .safetensors file; repeat for several")
+    p.add_argument("--lora-scale", action="append", type=float, help="strength of each --lora, in order, or one "
+                   "for all (default: 1.0; 0 = base model)")
+    p.add_argument("--image-lora", action="append", help="a Stable Diffusion LoRA (diffusers or kohya .safetensors, "
+                   "or its folder) for the image stage; repeat for several")
+    p.add_argument("--image-lora-scale", action="append", type=float, help="strength of each --image-lora, in "
+                   "order, or one for all (default: 1.0)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
@@ -145,8 +151,10 @@ def _check_sampling(args) -> None:
 
         if not looks_like_hub_id(args.model) and not Path(args.model).expanduser().is_dir():
             raise CLIError(f"--model {args.model!r}: no such model folder")
-    if args.lora is not None and not Path(args.lora).is_dir():
-        raise CLIError(f"--lora {args.lora!r}: no such LoRA folder")
+    from .loaders import lora_specs
+
+    lora_specs(args.lora, args.lora_scale)  # folder or .safetensors, scales one for all or one each
+    lora_specs(getattr(args, "image_lora", None), getattr(args, "image_lora_scale", None), "--image-lora")
 
 
 def _read_prompts(args) -> list[str]:
@@ -208,10 +216,11 @@ def _load(args, device: str):
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = load_pipeline(args.model, device=device, dtype=dtype)
-    if args.lora:
-        from .training.lora import apply_lora
+    from .loaders import apply_loras, lora_specs
 
-        apply_lora(pipe, args.lora, scale=args.lora_scale)
+    # `eval` has its own single --lora/--lora-scale and no --image-lora; lora_specs takes either form.
+    apply_loras(pipe, lora_specs(args.lora, args.lora_scale),
+                lora_specs(getattr(args, "image_lora", None), getattr(args, "image_lora_scale", None), "--image-lora"))
     pipe.set_progress_bar_config(disable=args.quiet)
     return pipe
 

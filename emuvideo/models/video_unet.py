@@ -28,6 +28,8 @@ from diffusers.utils import BaseOutput
 from einops import rearrange
 from torch import nn
 
+from ..loaders.peft import EmuVideoPeftAdapterMixin
+
 
 @dataclass
 class EmuVideoUNetOutput(BaseOutput):
@@ -145,7 +147,7 @@ def _spatial_blocks(unet: UNet2DConditionModel):
     yield from unet.up_blocks
 
 
-class EmuVideoUNet(ModelMixin, ConfigMixin):
+class EmuVideoUNet(ModelMixin, ConfigMixin, EmuVideoPeftAdapterMixin):
     r"""Video U-Net of Emu Video: a 2D text-to-image U-Net with temporal layers and image conditioning.
 
     Args:
@@ -153,6 +155,8 @@ class EmuVideoUNet(ModelMixin, ConfigMixin):
             latent channel count C; the video model takes 2C + 1 input channels).
         temporal_head_dim (`int`): channels per head of the temporal attentions.
         max_frames (`int`): the longest clip the frame position embedding covers.
+
+    LoRA as on diffusers' models (`load_lora_adapter`, `set_adapters`, `fuse_lora`; see `emuvideo.loaders.peft`).
     """
 
     _supports_gradient_checkpointing = True

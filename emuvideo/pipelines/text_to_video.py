@@ -5,18 +5,22 @@ from __future__ import annotations
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 
+from ..loaders.lora_pipeline import EmuVideoLoraLoaderMixin
 from ..models.video_unet import EmuVideoUNet
 from .image_to_video import EmuImageToVideoPipeline, EmuVideoPipelineOutput
 from .text_to_image import EmuTextToImagePipeline
 
 
-class EmuVideoPipeline(DiffusionPipeline):
+class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
     r"""Emu Video: generate an image from the text, then a video from the image and the text.
 
     Components: `vae`, `text_encoder`, `tokenizer` (shared by both stages), `image_unet` + `image_scheduler`
     (the text-to-image stage), `unet` (an `EmuVideoUNet` inflated from `image_unet`) + `scheduler`
     (the image-to-video stage). `text_to_image` and `image_to_video` give each stage as its own pipeline,
     sharing these modules (no copies).
+
+    LoRAs: `load_lora_weights` (video U-Net), `load_image_lora_weights` (image U-Net, any Stable Diffusion
+    LoRA), `set_adapters`, `fuse_lora` (see `emuvideo.loaders.lora_pipeline`).
     """
 
     model_cpu_offload_seq = "text_encoder->image_unet->unet->vae"

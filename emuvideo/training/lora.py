@@ -12,8 +12,8 @@ adapters) loads it without emuvideo:
 in one of `lora.target_modules`. On a freshly inflated model `conv_in` also trains (peft's
 `modules_to_save`, saved in the same folder): its image-condition and mask channels start at zero.
 
-Loading is loud: a LoRA that names modules the model lacks, or misses some of its own weights, is an
-error rather than an adapter that silently does nothing.
+Loading (`load_lora`, `pipe.load_lora_weights`, `unet.load_lora_adapter`) is inference and lives in
+`emuvideo.loaders`; this module keeps what trains, saves, and `lora merge` (a model-folder tool).
 """
 
 from __future__ import annotations
@@ -28,17 +28,17 @@ from pathlib import Path
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
-from peft import get_peft_model_state_dict, inject_adapter_in_model, set_peft_model_state_dict
-from peft.tuners.lora import LoraLayer
+from peft import get_peft_model_state_dict, inject_adapter_in_model
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
+# Loading for inference lives in `emuvideo.loaders`; these names stay importable from here for old imports.
+from ..loaders.lora_pipeline import apply_lora, lora_specs  # noqa: F401
+from ..loaders.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, load_lora, merge_lora_layers  # noqa: F401
+from ..loaders.peft import set_lora_scale  # noqa: F401
 from .config import LoraConfig
 
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-PEFT_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before module names
 ADAPTABLE = (nn.Linear, nn.Conv2d, nn.Conv3d)  # bnb Linear4bit is an nn.Linear
 
 
@@ -132,59 +132,7 @@ def save_lora(model: nn.Module, folder: str | Path, adapter_name: str = "default
     return folder
 
 
-def load_lora(model: nn.Module, folder: str | Path, scale: float = 1.0, adapter_name: str = "default") -> None:
-    """Add the LoRA saved in `folder` to `model` in place, at strength `scale` (0: the base model)."""
-    folder = Path(folder)
-    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
-        if not (folder / name).is_file():
-            raise ValueError(f"LoRA folder {str(folder)!r} has no {name}")
-    if adapter_name in getattr(model, "peft_config", {}):
-        raise ValueError(f"the model already has a LoRA named {adapter_name!r}; load the LoRA into a fresh model")
-    config = PeftLoraConfig.from_pretrained(str(folder))
-    state = load_file(str(folder / ADAPTER_WEIGHTS))
-    state = {k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
-    try:
-        inject_adapter_in_model(config, model, adapter_name)
-        result = set_peft_model_state_dict(model, state, adapter_name)
-    except (ValueError, RuntimeError) as err:  # no matching module / size mismatch: another base model
-        first = str(err).strip().splitlines()[0]
-        raise ValueError(f"LoRA {str(folder)!r} does not fit this model (trained on another base?): {first}") from err
-    if result.unexpected_keys:
-        first = result.unexpected_keys[0]
-        raise ValueError(f"LoRA {str(folder)!r} has weights for layers the model lacks, e.g. {first!r}")
-    missing = [k for k in result.missing_keys if f".{adapter_name}." in k and "lora_" in k]
-    if missing:
-        raise ValueError(f"LoRA {str(folder)!r} lacks weights for {len(missing)} of its layers, e.g. {missing[0]!r}")
-    set_lora_scale(model, scale, adapter_name)
-
-
-def set_lora_scale(model: nn.Module, scale: float, adapter_name: str = "default") -> None:
-    """Strength of a loaded LoRA: its update is multiplied by `scale` (0 gives back the base exactly)."""
-    layers = [m for m in model.modules() if isinstance(m, LoraLayer)]
-    if not layers:
-        raise ValueError("the model has no LoRA layers")
-    for layer in layers:
-        layer.set_scale(adapter_name, scale)
-
-
-def merge_lora_layers(model: nn.Module) -> None:
-    """Bake every LoRA into its base weight and put the plain layers back (in place)."""
-    for name, module in list(model.named_modules()):
-        if isinstance(module, BaseTunerLayer):
-            module.merge()
-            parent_name, _, child = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, child, module.get_base_layer())
-    if hasattr(model, "peft_config"):
-        del model.peft_config
-
-
 # ---------------------------------------------------------------------------------------------- pipelines
-def apply_lora(pipe, path: str | Path, scale: float = 1.0):
-    """Load a LoRA folder from `emuvideo finetune` into `pipe.unet` (the video U-Net), in place."""
-    load_lora(pipe.unet, path, scale=scale)
-    return pipe
-
-
 def save_model_folder(pipe, out: str | Path, base_dir: str | Path | None = None) -> Path:
     """Write `pipe` as a model folder `out`, atomically.
 
@@ -226,6 +174,5 @@ def merge_lora(model_dir: str | Path | None, lora: str | Path, out: str | Path, 
 def merge_lora_cli(args) -> None:
     if args.lora_command != "merge":
         raise ValueError(f"unknown lora command {args.lora_command!r}")
-    if not Path(args.lora).is_dir():
-        raise ValueError(f"--lora {args.lora!r}: no such LoRA folder")
+    lora_specs(args.lora, args.lora_scale)  # a folder or a .safetensors file, a finite scale
     print(merge_lora(args.model, args.lora, args.output, scale=args.lora_scale))
