@@ -2,6 +2,10 @@
 
 Usage: python scripts/eval_shapes.py [--model DIR] [--steps 25] [--out eval_shapes.json]
 Prints a markdown table (overall, video-trained pairs, held-out pairs) and writes the per-prompt JSON.
+
+This is the lenient judge on one seed, kept so the README's first numbers stay reproducible (and for
+`--animate`). For strict and lenient verdicts over several seeds, held-out phrasings and 95% intervals, use
+`emuvideo eval` (emuvideo/evaluation/evaluate.py).
 """
 
 import argparse

@@ -88,6 +88,8 @@ class _FrameObservation:
     colour: Optional[str]
     shape: Optional[str]
     centroid: tuple[float, float]
+    area: float = 0.0  # total coverage of the object, px at 64 px
+    other_area: int = 0  # px of the largest bright blob apart from the object (a second object), 0 if none
 
 
 def _to_world_size(frames: np.ndarray) -> np.ndarray:
@@ -171,16 +173,22 @@ def _classify_colour(rgb: np.ndarray) -> Optional[str]:
     return _PALETTE_NAMES[best] if similarity[best] >= MIN_COLOUR_SIMILARITY else None
 
 
-def _classify_shape(coverage: np.ndarray) -> Optional[str]:
+def _classify_shape(
+    coverage: np.ndarray,
+    top_rows: int = 1,
+    triangle_max_skew: float = TRIANGLE_MAX_SKEW,
+    square_min_fill: float = SQUARE_MIN_FILL,
+) -> Optional[str]:
     """Shape from an (H, W) map of how much of each pixel the object covers (0..1).
 
     Works on coverage rather than a binary mask so that one noisy edge pixel cannot change the
     answer: the object's area is the total coverage and its width/height are the largest row/column
-    sums, both of which average noise out.
+    sums, both of which average noise out. With `top_rows` > 1 the width (height) is the median of
+    the `top_rows` largest row (column) sums, so one row widened by noise does not set it.
     """
     area = coverage.sum()
-    width = coverage.sum(axis=1).max()  # widest row
-    height = coverage.sum(axis=0).max()  # tallest column
+    width = float(np.median(np.sort(coverage.sum(axis=1))[-top_rows:]))  # widest row(s)
+    height = float(np.median(np.sort(coverage.sum(axis=0))[-top_rows:]))  # tallest column(s)
     if max(width, height) > MAX_ASPECT * min(width, height):
         return None
     # Skewness of the mass along y: an apex-up triangle's width grows linearly downward, which
@@ -190,22 +198,23 @@ def _classify_shape(coverage: np.ndarray) -> Optional[str]:
     mean = (profile * y).sum()
     var = (profile * (y - mean) ** 2).sum()
     skew = (profile * (y - mean) ** 3).sum() / var**1.5
-    if skew <= TRIANGLE_MAX_SKEW:
+    if skew <= triangle_max_skew:
         return "triangle"
     fill = area / (width * height)  # square 1, circle pi/4
-    if fill >= SQUARE_MIN_FILL:
+    if fill >= square_min_fill:
         return "square"
     if fill >= CIRCLE_MIN_FILL:
         return "circle"
     return None
 
 
-def _observe(image: np.ndarray, brightness: np.ndarray) -> Optional[_FrameObservation]:
+def _observe(image: np.ndarray, brightness: np.ndarray, classify_shape=_classify_shape) -> Optional[_FrameObservation]:
     """Find and describe the object in one frame; None if there is none.
 
     Args:
         image: (64, 64, 3) float frame.
         brightness: (64, 64) its max channel; any palette colour is bright in some channel.
+        classify_shape: coverage map -> shape name or None (the strict judge passes its own cuts).
     """
     levels = _levels(brightness)
     if levels is None or levels[1] - levels[0] < MIN_CONTRAST:
@@ -213,12 +222,14 @@ def _observe(image: np.ndarray, brightness: np.ndarray) -> Optional[_FrameObserv
     background_level, object_level = levels
     # Halfway between the two levels, the mask follows the object's true outline even when its
     # edges are anti-aliased or blurred.
-    mask = _largest_component(brightness > (object_level + background_level) / 2)
+    bright = brightness > (object_level + background_level) / 2
+    mask = _largest_component(bright)
     area = int(mask.sum())
     if not MIN_AREA <= area <= MAX_AREA:
         return None
 
     # Everything below looks only at a window around the object (2 px margin for the grown mask).
+    full_mask = mask  # before windowing, for finding a second object
     rows, cols = np.nonzero(mask)
     window = (slice(max(rows.min() - 2, 0), rows.max() + 3), slice(max(cols.min() - 2, 0), cols.max() + 3))
     background_rgb = np.median(image[::2, ::2][~mask[::2, ::2]], axis=0)  # a quarter of the pixels is plenty
@@ -238,7 +249,8 @@ def _observe(image: np.ndarray, brightness: np.ndarray) -> Optional[_FrameObserv
         window[1].start + float((coverage.sum(axis=0) * (np.arange(coverage.shape[1]) + 0.5)).sum() / total),
         window[0].start + float((coverage.sum(axis=1) * (np.arange(coverage.shape[0]) + 0.5)).sum() / total),
     )
-    return _FrameObservation(_classify_colour(rgb), _classify_shape(coverage), centroid)
+    other_area = int(_largest_component(bright & ~full_mask).sum())
+    return _FrameObservation(_classify_colour(rgb), classify_shape(coverage), centroid, float(total), other_area)
 
 
 def _check_frames(frames: np.ndarray) -> None:
