@@ -40,6 +40,16 @@ def make_tiny_clip(seed: int = 0):
     return tokenizer, text_encoder
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Torch on one thread for a module (`pytestmark = pytest.mark.usefixtures("one_thread")`): tiny models are
+    latency-bound, and on a busy 2-core machine two threads are ~10x slower than one."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def tiny_clip():
     return make_tiny_clip()

@@ -4,7 +4,6 @@ tensors, for every training mode; the estimate sees what the modes change; the C
 import json
 
 import pytest
-import torch
 
 from emuvideo.cli import main
 from emuvideo.config import parse_overrides
@@ -22,12 +21,7 @@ MODES = {
 SHAPES = {"tiny": dict(frames=4, size=32, batch=2), "default": dict(frames=8, size=64, batch=1)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models are latency-bound
 
 
 def _cfg(*pairs):

@@ -30,13 +30,7 @@ def _sets(*pairs: str) -> list[str]:
     return [arg for pair in [*FAST, *pairs] for arg in ("--set", pair)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The tiny models are latency-bound: on a busy 2-core machine two threads are ~10x slower than one.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models are latency-bound
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,7 @@ from emuvideo.training.lora import add_lora, save_lora
 ATTENTION = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models are latency-bound; a busy 2-core machine is faster with one thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models are latency-bound
 
 
 @pytest.fixture

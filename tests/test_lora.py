@@ -33,12 +33,7 @@ from emuvideo.training.stages import video_training_loss
 from emuvideo.training.trainer import make_optimizer
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models are latency-bound; a busy 2-core machine is faster with one thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models are latency-bound
 
 
 def tiny_unet(seed: int = 0):

@@ -37,12 +37,7 @@ from emuvideo.utils.memory import (
 DEVICES = ["meta", "cpu"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors are latency-bound; a busy 2-core machine is faster with one thread
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models are latency-bound
 
 
 class OpRecorder(TorchDispatchMode):

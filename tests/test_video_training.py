@@ -26,12 +26,7 @@ TINY = ["data.resolution=16", "data.num_frames=4", "batch_size=2", "gradient_acc
         "sample_every=0", "log_every=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models are latency-bound
 
 
 def _sets(*pairs):
