@@ -5,7 +5,6 @@ weights stay as they were, a sharded checkpoint resumes exactly, and the final w
 accelerate itself would not choose FSDP on CPUs; tests/fsdp_train.py says why and how the test keeps it.
 """
 
-import inspect
 import json
 import os
 import subprocess
@@ -17,7 +16,6 @@ import torch
 from safetensors.torch import load_file
 
 import fsdp_train
-from emuvideo.training.quantize import quantize_linear_layers
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -93,9 +91,6 @@ def test_fsdp_on_two_processes_shards_matches_one_process_and_resumes(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("quant_storage" not in inspect.signature(quantize_linear_layers).parameters,
-                    reason="quantize_linear_layers has no quant_storage argument yet: with bitsandbytes' default uint8 "
-                           "storage accelerate leaves the 4-bit weights whole on every process (docs/scaling.md)")
 def test_fsdp_shards_an_nf4_spatial_base(tmp_path):
     root = tmp_path / "runs"
     _launch(root, "nf4")
