@@ -9,30 +9,22 @@ config, and runs the same steps (`emuvideo.training.memory.measure_step`). Print
 
 from __future__ import annotations
 
-import argparse
 import gc
 import json
 import sys
 from pathlib import Path
 
-from memory_table import MODES  # scripts/memory_table.py: the same rows
+from memory_table import table_parser, table_rows  # scripts/memory_table.py: the same rows
 
 GiB = 2**30
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="sd21")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--out", default="memory_check.json")
+    parser = table_parser(__doc__.split("\n\n")[0], "memory_check.json")
     args = parser.parse_args()
 
     import torch
 
-    from emuvideo.config import parse_overrides
-    from emuvideo.training.finetune import finetune_config
     from emuvideo.training.memory import measure_step
 
     if not torch.cuda.is_available():
@@ -41,24 +33,21 @@ def main() -> int:
     print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
     print("| mode | grad ckpt | size | estimate (GiB) | max_memory_allocated (GiB) | estimate / measured |")
     print("|---|---|---|---:|---:|---:|")
-    for size in args.sizes:
-        for name, sets in MODES.items():
-            for ckpt in (False, True):
-                cfg = finetune_config(None, parse_overrides([*sets, "weight_dtype=bf16", f"gradient_checkpointing={str(ckpt).lower()}"]))
-                shape = dict(preset=args.preset, frames=args.frames, size=size, batch=args.batch)
-                estimate = measure_step(cfg, device="meta", **shape)
-                try:
-                    real = measure_step(cfg, device="cuda", **shape).measured_bytes
-                except torch.cuda.OutOfMemoryError:
-                    real = None
-                gc.collect()
-                torch.cuda.empty_cache()
-                rows.append({"mode": name, "gradient_checkpointing": ckpt, "size": size,
-                             "estimate_bytes": estimate.peak_bytes, "measured_bytes": real})
-                measured = f"{real / GiB:.2f}" if real else "out of memory"
-                ratio = f"{estimate.peak_bytes / real:.3f}" if real else "-"
-                print(f"| {name} | {'yes' if ckpt else 'no'} | {args.frames}×{size}² | {estimate.peak_bytes / GiB:.2f} "
-                      f"| {measured} | {ratio} |", flush=True)
+    for name, _, size, ckpt, cfg in table_rows(args):
+        shape = dict(preset=args.preset, frames=args.frames, size=size, batch=args.batch)
+        estimate = measure_step(cfg, device="meta", **shape)
+        try:
+            real = measure_step(cfg, device="cuda", **shape).measured_bytes
+        except torch.cuda.OutOfMemoryError:
+            real = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        rows.append({"mode": name, "gradient_checkpointing": ckpt, "size": size,
+                     "estimate_bytes": estimate.peak_bytes, "measured_bytes": real})
+        measured = f"{real / GiB:.2f}" if real else "out of memory"
+        ratio = f"{estimate.peak_bytes / real:.3f}" if real else "-"
+        print(f"| {name} | {'yes' if ckpt else 'no'} | {args.frames}×{size}² | {estimate.peak_bytes / GiB:.2f} "
+              f"| {measured} | {ratio} |", flush=True)
     Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
     return 0
 

@@ -26,19 +26,34 @@ MODES = {
 }
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def table_parser(description: str, out: str) -> argparse.ArgumentParser:
+    """The options of the table's rows (shared with scripts/check_memory_estimate.py)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--preset", default="sd21")
     parser.add_argument("--frames", type=int, default=16)
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512])
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--out", default="memory_table.json")
-    args = parser.parse_args()
+    parser.add_argument("--out", default=out)
+    return parser
+
+
+def table_rows(args):
+    """(mode name, --set pairs, size, checkpointing, TrainConfig) for every row, in the table's order."""
+    from emuvideo.config import parse_overrides
+    from emuvideo.training.finetune import finetune_config
+
+    for size in args.sizes:
+        for name, sets in MODES.items():
+            for ckpt in (False, True):
+                pairs = [*sets, "weight_dtype=bf16", f"gradient_checkpointing={str(ckpt).lower()}"]
+                yield name, pairs, size, ckpt, finetune_config(None, parse_overrides(pairs))
+
+
+def main() -> int:
+    args = table_parser(__doc__.split("\n\n")[0], "memory_table.json").parse_args()
 
     import torch
 
-    from emuvideo.config import parse_overrides
-    from emuvideo.training.finetune import finetune_config
     from emuvideo.training.memory import measure_step
 
     torch.set_num_threads(1)  # meta ops compute nothing; one thread leaves the other core alone
@@ -46,24 +61,20 @@ def main() -> int:
     print("| mode | grad ckpt | size | trainable params | weights | trainable + grads + optimizer | activations "
           "+ temporaries | peak (GiB) | whole card (GiB) | command |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---|")
-    for size in args.sizes:
-        for name, sets in MODES.items():
-            for ckpt in (False, True):
-                pairs = [*sets, "weight_dtype=bf16", f"gradient_checkpointing={str(ckpt).lower()}"]
-                cfg = finetune_config(None, parse_overrides(pairs))
-                started = time.perf_counter()
-                e = measure_step(cfg, preset=args.preset, frames=args.frames, size=size, batch=args.batch, name=name)
-                b = e.breakdown
-                state = b.get("trainable", 0) + b.get("gradients", 0) + b.get("optimizer", 0)
-                act = b.get("activations", 0) + b.get("kernel workspace", 0)
-                command = (f"emuvideo estimate-memory --preset {args.preset} --frames {args.frames} --size {size} "
-                           f"--batch {args.batch} " + " ".join(f"--set {p}" for p in pairs))
-                row = {**e.to_dict(), "mode": name, "gradient_checkpointing": ckpt, "command": command,
-                       "wall_s": round(time.perf_counter() - started, 1)}
-                rows.append(row)
-                print(f"| {name} | {'yes' if ckpt else 'no'} | {args.frames}×{size}² | {e.trainable_params:,} "
-                      f"| {b.get('weights', 0) / GiB:.2f} | {state / GiB:.2f} | {act / GiB:.2f} "
-                      f"| **{e.peak_bytes / GiB:.2f}** | {e.card_bytes / GiB:.2f} | `{command}` |", flush=True)
+    for name, pairs, size, ckpt, cfg in table_rows(args):
+        started = time.perf_counter()
+        e = measure_step(cfg, preset=args.preset, frames=args.frames, size=size, batch=args.batch, name=name)
+        b = e.breakdown
+        state = b.get("trainable", 0) + b.get("gradients", 0) + b.get("optimizer", 0)
+        act = b.get("activations", 0) + b.get("kernel workspace", 0)
+        command = (f"emuvideo estimate-memory --preset {args.preset} --frames {args.frames} --size {size} "
+                   f"--batch {args.batch} " + " ".join(f"--set {p}" for p in pairs))
+        row = {**e.to_dict(), "mode": name, "gradient_checkpointing": ckpt, "command": command,
+               "wall_s": round(time.perf_counter() - started, 1)}
+        rows.append(row)
+        print(f"| {name} | {'yes' if ckpt else 'no'} | {args.frames}×{size}² | {e.trainable_params:,} "
+              f"| {b.get('weights', 0) / GiB:.2f} | {state / GiB:.2f} | {act / GiB:.2f} "
+              f"| **{e.peak_bytes / GiB:.2f}** | {e.card_bytes / GiB:.2f} | `{command}` |", flush=True)
     Path(args.out).write_text(json.dumps({"preset": args.preset, "torch": torch.__version__, "rows": rows}, indent=1))
     return 0
 
