@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import gc
 import logging
+import math
 import sys
 from pathlib import Path
 
@@ -20,13 +21,15 @@ class CLIError(ValueError):
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     # Defaults live in the pipelines' signatures; None here means "the pipeline's default".
     p.add_argument("--model", help="model folder or Hub id (default: the model shipped with emuvideo)")
-    p.add_argument("--negative-prompt")
+    p.add_argument("--variant", help="load the weight files of this variant, e.g. fp16 for "
+                   "diffusion_pytorch_model.fp16.safetensors (default: the plain files)")
+    p.add_argument("--negative-prompt", help="what the unconditional branch steers away from (default: empty)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; each prompt uses it (default: 0)")
     p.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 25)")
     p.add_argument("--num-frames", type=int, help="frames per video (default: the model's training length)")
     p.add_argument("--fps", type=int, help="frame rate of the written file (default: the model's)")
-    p.add_argument("--height", type=int)
-    p.add_argument("--width", type=int)
+    p.add_argument("--height", type=int, help="frame height in pixels (default: the model's training size)")
+    p.add_argument("--width", type=int, help="frame width in pixels (default: the model's training size)")
     p.add_argument("--guidance-image", type=float, help="w_i, image guidance scale (default: 2.0)")
     p.add_argument("--guidance-text", type=float, help="w_p, text guidance scale (default: 7.5)")
     p.add_argument("--lora", action="append", help="a LoRA for the video U-Net: a folder from finetune or a "
@@ -37,12 +40,27 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    "or its folder) for the image stage; repeat for several")
     p.add_argument("--image-lora-scale", action="append", type=float, help="strength of each --image-lora, in "
                    "order, or one for all (default: 1.0)")
+    p.add_argument("--interpolate", type=int, metavar="FACTOR", help="multiply the frame rate (and frame count) "
+                   "by FACTOR with the interpolation model, key frames kept (the shipped model: 2 or 4)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_allow_pickle(p)
+
+
+def _add_allow_pickle(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--allow-pickle", action="store_true", help="load a model whose weights are pickle files (.bin, .pt, .ckpt), with "
+                   "torch.load(weights_only=True); without it such a model is refused, as pickle can run code")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="emuvideo", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="emuvideo",
+        description="Text-to-video as Meta's Emu Video does it: an image from the text, then a video from the image "
+        "and the text. Generate or animate clips, train the stages, fine-tune on your clips, evaluate.",
+        epilog="Run 'emuvideo COMMAND --help' for a command's options. Bad input ends in one line on stderr and exit "
+        "code 2.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('emuvideo').__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="text -> image -> video")
@@ -50,20 +68,37 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--prompt-file", help="a text file, one prompt a line")
     gen.add_argument("--output", help="the video file for one prompt (.mp4 or .gif)")
     gen.add_argument("--output-dir", help="a folder for several videos: 000.mp4, 001.mp4, ... in prompt order")
-    gen.add_argument("--format", choices=("mp4", "gif"), default="mp4", help="file type with --output-dir")
+    gen.add_argument("--format", choices=("mp4", "gif"), help="file type (default: mp4 with --output-dir; with "
+                     "--output, its extension, which must agree)")
     gen.add_argument("--save-image", action="store_true", help="also write each generated first frame (.png)")
     _add_sampling_options(gen)
 
     ani = sub.add_parser("animate", help="bring an image to life: (image, text) -> video")
     ani.add_argument("--image", required=True, help="the first frame (png, jpg, ...)")
-    ani.add_argument("--prompt", required=True)
+    ani.add_argument("--prompt", required=True, help="what happens in the video")
     ani.add_argument("--output", required=True, help="the video file (.mp4 or .gif)")
+    ani.add_argument("--last-image", help="the last frame: a video that goes from --image to this image")
     _add_sampling_options(ani)
+
+    itp = sub.add_parser("interpolate", help="multiply a clip's frame rate with the interpolation model (key "
+                         "frames kept)")
+    itp.add_argument("video", help="the clip (.mp4 or .gif), at the model's frame size")
+    itp.add_argument("--factor", type=int, default=2, help="frame-rate multiplier: (T-1)*factor+1 frames from T "
+                     "(default: 2; the shipped model knows 2 and 4)")
+    itp.add_argument("--output", required=True, help="the new video file (.mp4 or .gif)")
+    itp.add_argument("--prompt", default="", help="what the clip shows (default: none)")
+    itp.add_argument("--model", help="model folder or Hub id (default: the model shipped with emuvideo)")
+    itp.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
+    itp.add_argument("--steps", type=int, dest="num_inference_steps", default=25, help="sampler steps (default: 25)")
+    itp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    itp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_allow_pickle(itp)
 
     sub.add_parser("info", help="versions, device, attention backend, where the default model lives")
 
     train = sub.add_parser("train", help="run a training stage from a YAML config (configs/stages/, configs/video/)")
-    train.add_argument("--config", required=True)
+    train.add_argument("--config", required=True, help="a YAML file, or the name of a packaged config "
+                       "(e.g. 02_video_stage1, sd_stage1)")
     train.add_argument("--model", help="video stages: the model to start from (a Stable-Diffusion-style or emuvideo "
                        "folder, or Hub id; an image model is inflated); sets the config's init")
     train.add_argument("--data", help="a folder of your clips (sets data.source=folder, data.root); "
@@ -71,15 +106,18 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", help="'latest' or a checkpoint folder")
     train.add_argument("--max-steps", type=int, help="override the config's max_steps")
     train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    _add_allow_pickle(train)
 
     ft = sub.add_parser("finetune", help="fine-tune the video model on your clips (LoRA / QLoRA / full)")
     ft.add_argument("--data", required=True, help="folder of clips with .txt captions or metadata.jsonl/.csv")
-    ft.add_argument("--config", help="a YAML in configs/finetune/ (default: configs/finetune/lora.yaml values)")
+    ft.add_argument("--config", help="a YAML file, or a packaged config's name: lora, qlora, full (default: the "
+                    "values of configs/finetune/lora.yaml)")
     ft.add_argument("--output-dir", help="the run folder (default: runs/finetune)")
     ft.add_argument("--model", help="base model folder or Hub id (default: the shipped model)")
     ft.add_argument("--resume", help="'latest' or a checkpoint folder")
     ft.add_argument("--max-steps", type=int, help="override the config's max_steps")
     ft.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    _add_allow_pickle(ft)
 
     ev = sub.add_parser(
         "eval",
@@ -90,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--model", help="model folder or Hub id (default: the model shipped with emuvideo)")
     ev.add_argument("--lora", help="a LoRA folder from finetune, applied to the video U-Net")
-    ev.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA (0 = base model)")
+    ev.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA (0 = base model; default: 1.0)")
     ev.add_argument("--prompts", help="canonical (15 pairs x 4 directions x 2 speeds), paraphrase (60 held-out "
                     "phrasings) or a file, one prompt a line (default: canonical)")
     ev.add_argument("--seeds", type=int, help="noise draws per prompt, each prompt x seed its own (default: 3)")
@@ -101,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--json", help="write the summary and every verdict to this JSON file")
     ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_allow_pickle(ev)
     # eval samples at the model's own length, size and fps; these let it share `_check_sampling`.
     ev.set_defaults(num_frames=None, fps=None, height=None, width=None)
 
@@ -127,10 +166,11 @@ def build_parser() -> argparse.ArgumentParser:
     lora = sub.add_parser("lora", help="LoRA utilities")
     lora_sub = lora.add_subparsers(dest="lora_command", required=True)
     merge = lora_sub.add_parser("merge", help="bake a LoRA into a copy of the model folder")
-    merge.add_argument("--lora", required=True)
+    merge.add_argument("--lora", required=True, help="the LoRA folder (from finetune) or .safetensors file")
     merge.add_argument("--output", required=True, help="the new model folder")
     merge.add_argument("--model", help="base model (default: the shipped model)")
-    merge.add_argument("--lora-scale", type=float, default=1.0)
+    _add_allow_pickle(merge)
+    merge.add_argument("--lora-scale", type=float, default=1.0, help="strength baked in (default: 1.0)")
     return parser
 
 
@@ -146,6 +186,10 @@ def _check_sampling(args) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise CLIError(f"--{name} must be >= 1, got {value}")
+    for name in ("guidance_image", "guidance_text"):
+        value = getattr(args, name, None)
+        if value is not None and not math.isfinite(value):
+            raise CLIError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
     if args.model is not None:
         from .pipelines.loading import looks_like_hub_id
 
@@ -180,12 +224,18 @@ def _output_paths(args, n: int) -> list[Path]:
     if args.output:
         if n != 1:
             raise CLIError(f"--output takes one video but {n} prompts were given; use --output-dir")
+        suffix = Path(args.output).suffix.lower()
+        if args.format is not None and suffix in (".mp4", ".gif") and suffix != f".{args.format}":
+            raise CLIError(f"--format {args.format} but --output {args.output!r} ends in {suffix}; make them agree")
         return [check_video_path(args.output)]
     if args.output_dir:
+        from .utils.files import check_writable_dir
+
         out = Path(args.output_dir)
         if out.exists() and not out.is_dir():
             raise CLIError(f"--output-dir {args.output_dir!r} is a file")
-        return [out / f"{i:03d}.{args.format}" for i in range(n)]
+        check_writable_dir(out, "--output-dir")
+        return [out / f"{i:03d}.{args.format or 'mp4'}" for i in range(n)]
     raise CLIError("give --output FILE.mp4 or --output-dir DIR")
 
 
@@ -215,7 +265,8 @@ def _load(args, device: str):
     from .pipelines.loading import load_pipeline
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
-    pipe = load_pipeline(args.model, device=device, dtype=dtype)
+    pipe = load_pipeline(args.model, device=device, dtype=dtype, variant=getattr(args, "variant", None),
+                         allow_pickle=args.allow_pickle)
     from .loaders import apply_loras, lora_specs
 
     # `eval` has its own single --lora/--lora-scale and no --image-lora; lora_specs takes either form.
@@ -258,9 +309,10 @@ def cmd_generate(args) -> None:
     outputs = _output_paths(args, len(prompts))
     device = _device(args.device)
     pipe = _load(args, device)
+    _interpolation(pipe, args.interpolate)  # a model without one, or an unknown factor: refused before sampling
     for prompt, path in zip(prompts, outputs):
         generator = torch.Generator(device).manual_seed(args.seed)
-        out = pipe(prompt, generator=generator, **_sampling_kwargs(args))
+        out = pipe(prompt, generator=generator, interpolate=args.interpolate, **_sampling_kwargs(args))
         write_video(path, out.frames[0], out.fps)
         print(path)
         if args.save_image:
@@ -279,38 +331,97 @@ def cmd_animate(args) -> None:
         raise CLIError(f"--prompt must be non-empty text, got {args.prompt!r}")
     output = check_video_path(args.output)
     image = load_image(args.image)
+    last_image = load_image(args.last_image) if args.last_image else None
     device = _device(args.device)
-    pipe = _load(args, device).image_to_video
+    full = _load(args, device)
+    interpolation = _interpolation(full, args.interpolate)
     generator = torch.Generator(device).manual_seed(args.seed)
-    out = pipe(image, args.prompt, generator=generator, **_sampling_kwargs(args))
+    out = full.image_to_video(image, args.prompt, generator=generator, last_image=last_image,
+                              output_type="pt" if interpolation else "np", **_sampling_kwargs(args))
+    if interpolation:
+        out = interpolation(out.frames, args.prompt, factor=args.interpolate, generator=generator, fps=out.fps,
+                            num_inference_steps=args.num_inference_steps or 25)
     write_video(output, out.frames[0], out.fps)
     print(output)
 
 
+def _interpolation(pipe, factor: int | None):
+    """The model's interpolation pipeline when `--interpolate` asks for one, checked before sampling."""
+    if factor is None:
+        return None
+    if pipe.interpolation_unet is None:
+        raise CLIError("--interpolate: this model has no interpolation model (interpolation_unet)")
+    interpolation = pipe.interpolation
+    if factor not in interpolation.config.factors:
+        raise CLIError(f"--interpolate {factor}: the interpolation model knows factors {interpolation.config.factors}")
+    return interpolation
+
+
+def cmd_interpolate(args) -> None:
+    import torch
+
+    from .utils.video import check_video_path, read_frames, write_video
+
+    if args.num_inference_steps < 1:
+        raise CLIError(f"--steps must be >= 1, got {args.num_inference_steps}")
+    source = Path(args.video)
+    if not source.is_file():
+        raise CLIError(f"VIDEO {args.video!r}: no such file")
+    output = check_video_path(args.output)
+    try:
+        frames, fps = read_frames(source)
+    except Exception as err:  # PyAV raises many kinds for what is not a readable video
+        raise CLIError(f"VIDEO {args.video!r} is not a readable video ({type(err).__name__})") from None
+    if len(frames) < 2:
+        raise CLIError(f"VIDEO {args.video!r} has {len(frames)} frame(s); interpolation needs at least 2")
+    device = _device(args.device)
+    args.lora, args.lora_scale = None, None
+    pipe = _interpolation(_load(args, device), args.factor)
+    h, w = frames.shape[1:3]
+    if (h, w) != (pipe.size, pipe.size):
+        raise CLIError(f"VIDEO {args.video!r} is {w}x{h}; the interpolation model works on {pipe.size}x{pipe.size} clips")
+    generator = torch.Generator(device).manual_seed(args.seed)
+    out = pipe(frames, args.prompt, factor=args.factor, num_inference_steps=args.num_inference_steps,
+               generator=generator, fps=round(fps) or 8)
+    write_video(output, out.frames[0], out.fps)
+    print(output)
+
+
+def _version(distribution: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def cmd_info(args) -> None:
+    import platform
+
     import diffusers
     import torch
     import transformers
 
+    from .models.text_encoder import minilm_path
     from .pipelines.loading import default_model_dir
 
-    try:
-        import xformers  # noqa: F401
-
-        xformers_version = xformers.__version__
-    except ImportError:
-        xformers_version = "not installed"
+    xformers_version = _version("xformers")
     default = default_model_dir()
     lines = {
         "emuvideo": __import__("emuvideo").__version__,
+        "python": f"{platform.python_version()} ({sys.executable})",
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
+        **{name: _version(name) for name in ("peft", "accelerate", "bitsandbytes", "safetensors", "imageio")},
+        "PyAV": _version("av"),
         "device": f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu",
         "cpu threads": torch.get_num_threads(),
         "attention": "xformers" if xformers_version != "not installed" and torch.cuda.is_available() else "torch SDPA",
         "xformers": xformers_version,
         "default model": f"{default}" + ("" if (default / "model_index.json").is_file() else " (missing: random init)"),
+        "text encoder": f"{minilm_path()} (all-MiniLM-L6-v2, the default model's)",
     }
     for key, value in lines.items():
         print(f"{key + ':':16} {value}")
@@ -424,6 +535,7 @@ def cmd_lora(args) -> None:
 COMMANDS = {
     "generate": cmd_generate,
     "animate": cmd_animate,
+    "interpolate": cmd_interpolate,
     "info": cmd_info,
     "train": cmd_train,
     "finetune": cmd_finetune,
@@ -443,6 +555,10 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"emuvideo {args.command}: error: {message}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as err:  # the machine refused (full disk, file-size limit, permissions): one line, exit 1
+        message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        print(f"emuvideo {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_FAILURE
     except RuntimeError as err:  # a run that diverged (NaN loss) ends in one line too; anything else is a bug
         from .training.trainer import TrainingDiverged
 
@@ -450,8 +566,8 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"emuvideo {args.command}: error: {err}", file=sys.stderr)
         return EXIT_FAILURE
-    except KeyboardInterrupt:
-        print("emuvideo: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # Ctrl+C; a training run says which checkpoint to resume from
+        print(f"emuvideo {args.command}: {err or 'interrupted'}", file=sys.stderr)
         return 130
     return 0
 

@@ -98,18 +98,63 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
+# The configs of the repository's configs/ folder: inside the installed package (a wheel copies them to
+# emuvideo/configs/, see setup.py), else at the root of the checkout this package runs from.
+_PACKAGED = Path(__file__).resolve().parent / "configs"
+CONFIGS_DIR = _PACKAGED if _PACKAGED.is_dir() else _PACKAGED.parent.parent / "configs"
+
+
+def resolve_config(name: str | Path) -> Path:
+    """A config file: `name` itself if it is a file, else the packaged config so named (`qlora`,
+    `finetune/qlora`, `02_video_stage1.yaml`: the file's name, with or without its folder and `.yaml`)."""
+    path = Path(name).expanduser()
+    if path.is_file():
+        return path
+    stem = str(name).removesuffix(".yaml").removesuffix(".yml")
+    if path.is_absolute() or stem.startswith("."):
+        raise ValueError(f"config file {str(name)!r} does not exist")
+    stem = stem.removeprefix("configs/")  # `configs/finetune/qlora.yaml` written for a checkout, run elsewhere
+    found = sorted(CONFIGS_DIR.glob(f"**/{stem}.yaml")) if CONFIGS_DIR.is_dir() else []
+    if len(found) == 1:
+        return found[0]
+    known = sorted(p.relative_to(CONFIGS_DIR).with_suffix("").as_posix() for p in CONFIGS_DIR.glob("**/*.yaml"))
+    if found:
+        raise ValueError(f"config {str(name)!r} is ambiguous: {', '.join(str(p.relative_to(CONFIGS_DIR)) for p in found)}")
+    raise ValueError(f"config file {str(name)!r} does not exist, nor is it a packaged config ({', '.join(known)})")
+
+
+def read_yaml(path: Path) -> dict:
+    """The mapping a YAML file holds, or a one-line error naming the file (and the line that does not parse)."""
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ValueError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ValueError(f"config file {str(path)!r} cannot be read: {err}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of keys, got {type(loaded).__name__}")
+    return loaded
+
+
 def load_config(cls: type[T], path: str | Path | None = None, overrides: dict | None = None) -> T:
-    """Defaults of `cls` <- YAML file <- overrides, checked."""
+    """Defaults of `cls` <- YAML file (a path or a packaged config's name) <- overrides, checked.
+
+    A bad key or value of the file is reported with the file's name; one of the overrides without it."""
     data = to_dict(cls())
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {str(path)!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ValueError(f"config file {str(path)!r} must hold a mapping")
-        _check_keys(cls, loaded, "")
-        data = _merge(data, loaded)
+        path = resolve_config(path)
+        loaded = read_yaml(path)
+        try:
+            _check_keys(cls, loaded, "")
+            data = _merge(data, loaded)
+            from_dict(cls, data)  # the file's values checked alone, so that an error can name the file
+        except ValueError as err:
+            raise ValueError(f"config file {str(path)!r}: {err}") from None
     if overrides:
         _check_keys(cls, overrides, "")
         data = _merge(data, overrides)

@@ -85,8 +85,8 @@ def events(monkeypatch, tiny_pipeline):
     """Make the CLI load the tiny pipeline; return the log of generate calls and file writes, in order."""
     log = []
 
-    def load(model=None, device="cpu", dtype=None):
-        assert model is None and device == "cpu"
+    def load(model=None, device="cpu", dtype=None, **options):  # variant, allow_pickle: off by default
+        assert model is None and device == "cpu" and not any(options.values())
         return RecordingPipeline(tiny_pipeline, log)
 
     real_write = video_io.write_video
@@ -210,3 +210,44 @@ def _assert_one_line_error(capsys, command, expected):
     assert len(lines) == 1, captured.err
     assert lines[0].startswith(f"emuvideo {command}: error: ") and expected in lines[0]
     assert "Traceback" not in captured.err and captured.out == ""
+
+
+# ---------------------------------------------------------------------------------------------- first contact
+def test_version_and_a_help_that_says_what_the_tool_does(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0 and capsys.readouterr().out.strip() == f"emuvideo {emuvideo.__version__}"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "Text-to-video" in capsys.readouterr().out
+
+
+def _all_options(parser, name="emuvideo"):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub_name, sub in action.choices.items():
+                yield from _all_options(sub, f"{name} {sub_name}")
+        elif not isinstance(action, (argparse._HelpAction, argparse._VersionAction)):
+            yield name, action
+
+
+def test_every_flag_has_help_and_says_its_default():
+    from emuvideo.cli import build_parser
+
+    options = list(_all_options(build_parser()))
+    assert len(options) > 50
+    for command, action in options:
+        flag = f"{command} {'/'.join(action.option_strings) or action.dest}"
+        assert action.help, f"{flag} has no help text"
+        if action.default not in (None, False, [], "==SUPPRESS=="):
+            assert "default" in action.help, f"{flag} does not say its default {action.default!r}"
+
+
+def test_info_names_the_versions_a_bug_report_needs(capsys):
+    assert main(["info"]) == 0
+    lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
+    for name in ("python", "torch", "diffusers", "transformers", "peft", "accelerate", "bitsandbytes", "PyAV", "imageio"):
+        assert lines[name].strip() and lines[name].strip() != "not installed", name
+    assert "all-MiniLM-L6-v2" in lines["text encoder"]

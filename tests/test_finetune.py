@@ -79,7 +79,8 @@ def test_cli_default_is_lora_yaml_and_the_shipped_configs_load():
 
 def test_cli_finetune_skips_bad_clips_by_name_then_generate_uses_the_lora(model_dir, clips, tmp_path, monkeypatch,
                                                                           recwarn):
-    monkeypatch.chdir(tmp_path)  # the defaults write runs/finetune and cache/ here
+    monkeypatch.chdir(tmp_path)  # the defaults write runs/finetune here
+    monkeypatch.setenv("EMUVIDEO_CACHE", str(tmp_path / "user-cache"))  # the latent cache: the user cache dir
     sets = _sets("sample_every=10", "checkpoint_every=10")
     assert main(["finetune", "--data", str(clips), "--model", str(model_dir), "--max-steps", "20", *sets]) == 0
 
@@ -89,7 +90,8 @@ def test_cli_finetune_skips_bad_clips_by_name_then_generate_uses_the_lora(model_
     assert (run / "final" / ADAPTER_WEIGHTS).is_file() and (run / "final" / ADAPTER_CONFIG).is_file()
     assert len(list((run / "samples").glob("*.gif"))) == 2  # steps 10 and 20
     assert len((run / "losses.csv").read_text().splitlines()) == 20
-    assert any((tmp_path / "cache").iterdir())  # the latent cache (data.cache_dir's default)
+    assert any((tmp_path / "user-cache" / "latents").iterdir())  # the latent cache (data.cache_dir's default)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "user-cache"]  # nothing in the current folder
     saved = load_config(TrainConfig, run / "config.yaml")
     assert saved.mode == "lora" and saved.init == str(model_dir.resolve())
     assert saved.data.root == str(clips.resolve())

@@ -101,9 +101,9 @@ def test_two_condition_guidance_arithmetic(tiny_pipeline, monkeypatch, w_i, w_p)
 
     monkeypatch.setattr(tiny_pipeline.unet, "forward", stub)
     monkeypatch.setattr(tiny_pipeline.scheduler, "step", recording_step)
-    conditioning, mask = torch.zeros(shape), torch.zeros(1, 1, FRAMES, 8, 8)
-    text_cond, text_uncond = torch.randn(1, 4, 32), torch.randn(1, 4, 32)
-    pipe.sample(conditioning, mask, text_cond, text_uncond, 3, w_i, w_p, generator=_gen(0))
+    image = np.zeros((SIZE, SIZE, 3), np.uint8)
+    pipe(image, "a red square", num_frames=FRAMES, num_inference_steps=3, guidance_image=w_i, guidance_text=w_p,
+         generator=_gen(0), pin_known_frames=False, output_type="latent")
 
     assert calls == [3, 3, 3]  # one forward per step, the three terms batched
     expected = x_none + w_i * (x_image - x_none) + w_p * (x_full - x_image)

@@ -6,6 +6,8 @@ import subprocess
 import sys
 
 import numpy as np
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,9 +16,11 @@ from emuvideo.data.motion import motion_score
 from emuvideo.data.shapes import render_clip, sample_spec
 from emuvideo.models.video_unet import EmuVideoUNet
 from emuvideo.pipelines.loading import load_pipeline
+from emuvideo.schedules import make_train_scheduler
 from emuvideo.training.config import TrainConfig
 from emuvideo.data.motion import select_high_motion
-from emuvideo.training.stages import image_conditioning, run_stage
+from emuvideo.models.conditioning import KnownFrames, known_frames_conditioning
+from emuvideo.training.stages import run_stage
 from emuvideo.training.trainer import checkpoints
 
 TOY = ["preset=tiny", "batch_size=4", "checkpoint_every=2", "sample_every=0", "log_every=1",
@@ -57,6 +61,25 @@ def test_each_stage_leaves_a_loadable_result_and_logs(chain):
     assert pipe.scheduler.alphas_cumprod[-1] == 0  # stage 2 samples with zero terminal SNR
     # stage 2 continued from the epsilon stage 1; text -> image keeps the image U-Net's own objective
     assert pipe.image_scheduler.config.prediction_type == "v_prediction"
+
+
+def test_interpolation_stage_trains_a_second_model_beside_the_video_model(chain):
+    """interpolation.enabled: a copy of the video U-Net trains (temporal layers); final/ is the whole model
+    folder with it as interpolation_unet and the video model unchanged; generate --interpolate uses it."""
+    cfg = _cfg(chain, "ip", "kind=video", "max_steps=2", "data.num_frames=5", "data.fps=16",
+               "interpolation.enabled=true", "interpolation.factors=[2]", "interpolation.window=5",
+               f"init={chain / 'v2' / 'final'}")
+    run_stage(cfg)
+    video = EmuVideoUNet.from_pretrained(str(chain / "v2" / "final" / "unet"))
+    pipe = load_pipeline(str(chain / "ip" / "final"))
+    assert all(torch.equal(p, video.state_dict()[n]) for n, p in pipe.unet.state_dict().items())
+    interp = pipe.interpolation_unet.state_dict()
+    moved = [n for n, p in video.state_dict().items() if not torch.equal(p, interp[n])]
+    assert moved and all(".temporal." in n or n.startswith("unet.conv_in.") for n in moved), moved
+    assert pipe.config.interpolation == {"window": 5, "factors": [2], "noise_aug_t": 100}
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe("a red circle moving right", num_frames=4, num_inference_steps=1, interpolate=2, height=16, width=16)
+    assert out.frames.shape[1] == 7 and out.fps == 2 * pipe.config.default_fps
 
 
 def test_video_stages_train_only_temporal_layers(chain):
@@ -101,9 +124,22 @@ def test_max_minutes_stops_early_with_a_checkpoint_and_final(tmp_path):
 
 
 def test_image_conditioning_is_frame_zero_and_dropout_clears_both():
+    from emuvideo.training.stages import video_training_loss
+
     latents = torch.randn(64, 4, 5, 2, 2)
+    seen = {}
+
+    class Out:
+        sample = torch.zeros(64, 4, 5, 2, 2)
+
+    def model(noisy, t, text, conditioning, conditioning_mask):
+        seen["cond"], seen["mask"] = conditioning, conditioning_mask
+        return Out()
+
     torch.manual_seed(0)
-    cond, mask = image_conditioning(latents, image_dropout=0.25)
+    cfg = _cfg(Path("/nonexistent"), "x", "image_dropout=0.25")  # known_frames default: the first frame only
+    video_training_loss(model, make_train_scheduler("v_prediction"), latents, torch.randn(64, 3, 8), cfg)
+    cond, mask = seen["cond"], seen["mask"]
     kept = mask[:, 0, 0, 0, 0] == 1
     assert torch.equal(cond[kept][:, :, 0], latents[kept][:, :, 0])
     assert cond[:, :, 1:].abs().sum() == 0 and mask[:, :, 1:].abs().sum() == 0

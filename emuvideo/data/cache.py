@@ -13,7 +13,8 @@ items already on disk are not encoded again.
 Layout: root/<key>/fields.json, root/<key>/00000000.safetensors ... (tensors "latents" (C, T, h, w)
 and, when text is cached, "text_embeds" (L, D); metadata "caption", "path", "motion" (the clip's motion
 score, `emuvideo.data.motion`) and, for the shapes world, "spec"), root/<key>/complete.json once all exist.
-It is the one cache of training: `emuvideo.data.sources` fills it from any `data.source`.
+It is the one cache of training: `emuvideo.data.sources` fills it from any `data.source`, by default under
+`default_cache_dir()/latents` (the user cache dir, shared by every run on the same clips and encoders).
 """
 
 import dataclasses
@@ -28,6 +29,18 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
+
+
+def default_cache_dir() -> Path:
+    """emuvideo's folder in the user cache: $EMUVIDEO_CACHE, else $XDG_CACHE_HOME/emuvideo, else ~/.cache/emuvideo.
+
+    Where a diffusers user looks for caches (Hugging Face's are under ~/.cache/huggingface, by the same rules);
+    never the current directory, so that runs started from different folders share what they encoded.
+    """
+    if os.environ.get("EMUVIDEO_CACHE"):
+        return Path(os.environ["EMUVIDEO_CACHE"]).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "emuvideo"
 
 
 def _canonical(value, where: str = "fields"):

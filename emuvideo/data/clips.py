@@ -17,7 +17,9 @@ What users of other trainers hit, and what this module does about it:
 - rotated phone clips: the container's display matrix is honoured, frames come out upright;
 - decoding: each read opens its own container (thread- and worker-safe), streams frames and stops
   as soon as it has enough, so a long clip is never held in memory;
-- a clip that breaks after the scan raises `ClipDecodeError` naming the file.
+- a clip that breaks after the scan raises `ClipDecodeError` naming the file;
+- a path that leaves the folder (a metadata row `../x.mp4` or `/abs/x.mp4`, a symlink pointing out, a caption
+  `.txt` linking out) is skipped and named like any unusable clip ("outside folder"), and never opened.
 
 Layouts: numpy videos are (T, H, W, 3) uint8 (the edge of the library); dataset items are float
 tensors (3, T, H, W) in [-1, 1], so a batch is (B, 3, T, H, W) as diffusers' UNet3D expects.
@@ -58,7 +60,7 @@ DECODE_VERSION = 1
 _PATH_KEYS = ("video_path", "file_name", "path")
 _CAPTION_KEYS = ("caption", "text")
 # Order of the reason categories in the summary line; others follow alphabetically.
-_REASON_ORDER = ("corrupt", "too short", "no caption", "missing file", "too small", "image")
+_REASON_ORDER = ("corrupt", "too short", "no caption", "missing file", "outside folder", "too small", "image")
 _EXIF_ROTATION = {3: 180, 6: 270, 8: 90}  # EXIF orientation -> counter-clockwise degrees
 _EPS = 1e-6  # seconds; timestamps are floats derived from exact rationals
 # What a broken file raises while probing/decoding (PIL's UnidentifiedImageError is an OSError).
@@ -163,13 +165,22 @@ def _list_entries(root: Path) -> list[tuple[Path, Optional[str], str]]:
             continue
         txt = path.with_suffix(".txt")
         caption = None
-        if txt.is_file():
+        if txt.is_file() and _outside(txt, root) is None:  # a caption linking out is not read (see _scan)
             try:
                 caption = txt.read_text(encoding="utf-8-sig")
             except UnicodeDecodeError:
                 caption = None
         entries.append((path, caption, txt.name))
     return entries
+
+
+def _outside(path: Path, root: Path) -> Optional[str]:
+    """Where `path` leads when that is outside the folder `root` (symlinks followed, nothing opened), else None."""
+    try:
+        resolved = path.resolve()
+    except (OSError, RuntimeError) as e:  # a symlink loop
+        return f"{path} cannot be resolved ({e})"
+    return None if resolved.is_relative_to(root.resolve()) else str(resolved)
 
 
 def _quarter_turns(rotation: float) -> int:
@@ -290,11 +301,22 @@ def _scan(root: Path, min_frames: int, fps: Optional[float], include_images: Opt
         raise ValueError(f"clip folder does not exist or is not a folder: {root}")
     if include_images is None:
         include_images = min_frames == 1
-    entries = _list_entries(root)
+    report = ScanReport()
+    entries = []
+    # A path that leaves the folder is skipped before anything opens it: a dataset cannot make training read
+    # (and learn, and show in samples) files elsewhere on the machine.
+    for path, caption, caption_source in _list_entries(root):
+        txt = path.with_suffix(".txt") if caption_source.endswith(".txt") else None
+        for where in (path, txt):
+            target = _outside(where, root) if where is not None else None
+            if target is not None:
+                report.skipped.append((path, f"outside folder: {where.name} leads to {target}, outside {root}"))
+                break
+        else:
+            entries.append((path, caption, caption_source))
     # Probing is I/O and FFmpeg work that releases the GIL: threads make a 10k-clip scan minutes shorter.
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
         results = list(pool.map(lambda e: _check(*e, min_frames, fps, include_images), entries))
-    report = ScanReport()
     for (path, _, _), result in zip(entries, results):
         if isinstance(result, ClipRecord):
             report.kept.append(result)

@@ -18,7 +18,7 @@ from pathlib import Path
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
 from diffusers.loaders.lora_base import LoraBaseMixin
 
-from .peft import check_lora_fits
+from .peft import PICKLE_SUFFIXES, check_lora_fits
 
 
 class EmuVideoLoraLoaderMixin(LoraBaseMixin):
@@ -108,6 +108,9 @@ def lora_specs(paths, scales, flag: str = "--lora") -> list[tuple[str, float]]:
             raise ValueError(f"{flag}-scale must be a finite number, got {scale}")
     for path in paths:
         p = Path(path)
+        if p.is_file() and p.suffix in PICKLE_SUFFIXES:
+            raise ValueError(f"{flag} {str(path)!r} is a pickle file, which can run code when loaded; LoRAs are read "
+                             "from .safetensors only (convert it)")
         if not (p.is_dir() or (p.is_file() and p.suffix == ".safetensors")):
             raise ValueError(f"{flag} {str(path)!r}: no such LoRA folder or .safetensors file")
     return [(str(p), float(s)) for p, s in zip(paths, scales)]

@@ -39,6 +39,8 @@ from torch import nn
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 PEFT_PREFIX = "base_model.model."  # what PeftModel.save_pretrained puts before module names
+# Weight files that are pickles: never read as LoRAs (unpickling can run code), even with --allow-pickle
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -84,7 +86,9 @@ def read_lora(source: str | Path, model: nn.Module, prefix: str | None) -> tuple
 def _read_peft_folder(folder: Path, model: nn.Module) -> tuple[dict, dict, dict]:
     weights = folder / ADAPTER_WEIGHTS
     if not weights.is_file():
-        raise ValueError(f"LoRA folder {str(folder)!r} has no {ADAPTER_WEIGHTS}")
+        pickles = [p.name for p in sorted(folder.iterdir()) if p.suffix in PICKLE_SUFFIXES]
+        hint = f" ({pickles[0]} is a pickle file, which can run code when loaded: convert it)" if pickles else ""
+        raise ValueError(f"LoRA folder {str(folder)!r} has no {ADAPTER_WEIGHTS}{hint}")
     try:
         config = json.loads((folder / ADAPTER_CONFIG).read_text())
     except json.JSONDecodeError as err:

@@ -1,11 +1,88 @@
-"""Pieces the three pipelines share: prompt encoding, per-frame VAE coding, image preprocessing."""
+"""Pieces the three pipelines share: input checks, prompt encoding, per-frame VAE coding, image
+preprocessing, and turning decoded frames into the requested `output_type`."""
 
 from __future__ import annotations
+
+import logging
+import math
 
 import numpy as np
 import PIL.Image
 import torch
 from einops import rearrange
+
+from ..utils.video import array_to_image, to_rgb
+
+logger = logging.getLogger(__name__)
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+
+
+class NonFiniteOutputError(ValueError):
+    """The model produced NaN or infinite values (its weights, or a too-large guidance, are broken)."""
+
+
+def check_output_type(output_type: str) -> None:
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {', '.join(map(repr, OUTPUT_TYPES))}, got {output_type!r}")
+
+
+def check_scale(name: str, value: float) -> None:
+    """A guidance or LoRA scale: a finite real number (NaN or inf would give an all-black video)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+
+
+def check_finite(x: torch.Tensor, what: str) -> None:
+    """Raise `NonFiniteOutputError` naming `what` if `x` holds NaN or inf, rather than write black frames."""
+    finite = torch.isfinite(x)
+    if not bool(finite.all()):
+        bad = int((~finite).sum())
+        raise NonFiniteOutputError(
+            f"{what} hold {bad} NaN/inf value(s) of {x.numel()}: the model's weights are broken or a scale is too large"
+        )
+
+
+def warn_untrained_shape(height: int, width: int, trained_size: int, num_frames: int | None = None,
+                         trained_frames: int | None = None) -> None:
+    """One warning line when sampling away from the size (and length) the model was trained at."""
+    if (height, width) != (trained_size, trained_size):
+        logger.warning("sampling at %dx%d, but the model was trained at %dx%d: expect wrong colours or layout",
+                       width, height, trained_size, trained_size)
+    if num_frames is not None and trained_frames is not None and num_frames != trained_frames:
+        logger.warning("sampling %d frames, but the model was trained on %d: expect less or no motion",
+                       num_frames, trained_frames)
+
+
+def frames_to_output(frames: torch.Tensor, output_type: str):
+    """Decoded pixels in [-1, 1] -> what `output_type` asks for; images `(B, 3, H, W)` or videos `(B, 3, T, H, W)`.
+
+    "pt": the tensor as is. "np": uint8 `(B, H, W, 3)` / `(B, T, H, W, 3)`. "pil": a list of B `PIL.Image`s
+    (images) or of B lists of T (videos). "latent" is returned before decoding, by the pipeline itself.
+    """
+    check_output_type(output_type)
+    if output_type == "latent":
+        raise ValueError("output_type 'latent' is returned before decoding; frames_to_output takes decoded pixels")
+    if output_type == "pt":
+        return frames
+    is_image = frames.ndim == 4
+    x = to_uint8(frames[:, :, None] if is_image else frames)  # (B, T, H, W, 3)
+    if output_type == "np":
+        return x[:, 0] if is_image else x
+    pil = [[PIL.Image.fromarray(f) for f in video] for video in x]
+    return [video[0] for video in pil] if is_image else pil
+
+
+def register_with_diffusers(*pipeline_classes) -> None:
+    """Make `DiffusionPipeline.from_pretrained(folder)` find emuvideo's pipelines by their `_class_name`.
+
+    diffusers looks a folder's `model_index.json` `_class_name` up as an attribute of the `diffusers`
+    module; adding ours there lets it load a folder `save_pretrained` wrote, with no remote code.
+    """
+    import diffusers
+
+    for cls in pipeline_classes:
+        setattr(diffusers, cls.__name__, cls)
 
 
 def check_prompts(prompt: str | list[str]) -> list[str]:
@@ -46,9 +123,12 @@ def encode_frames(vae, frames: torch.Tensor, generator=None, sample: bool = Fals
 def decode_frames(vae, latents: torch.Tensor, chunk: int = 32) -> torch.Tensor:
     """Scaled latents `(B, C, T, h, w)` -> frames `(B, 3, T, H, W)` in [-1, 1], decoded `chunk` frames at a time."""
     t = latents.shape[2]
+    check_finite(latents, "the sampled latents")  # a NaN here would decode to black frames
     z = rearrange(latents, "b c t h w -> (b t) c h w").to(vae.dtype)
     z = z / vae.config.scaling_factor + _shift(vae)
-    x = torch.cat([vae.decode(part).sample for part in z.split(chunk)]).clamp(-1, 1)  # the decoder can overshoot
+    x = torch.cat([vae.decode(part).sample for part in z.split(chunk)])
+    check_finite(x, "the decoded frames")
+    x = x.clamp(-1, 1)  # the decoder can overshoot
     return rearrange(x, "(b t) c h w -> b c t h w", t=t)
 
 
@@ -65,15 +145,22 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 def preprocess_image(image: PIL.Image.Image | np.ndarray | torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, str]:
     """Resize (short side to fit) and centre-crop an image to (height, width).
 
+    `image`: a Pillow image of any mode (see `emuvideo.utils.video.to_rgb`: EXIF orientation, 16-bit,
+    transparency on white), an array (see `array_to_image`: uint8, uint16, bool, float in [0, 1]) or a
+    tensor `(3, H, W)` in [-1, 1].
     Returns the image `(1, 3, H, W)` in [-1, 1] and a sentence saying what was done, for logging.
     """
     if isinstance(image, torch.Tensor):
-        if image.ndim != 3 or image.shape[0] != 3:
+        if image.ndim != 3 or image.shape[0] != 3 or 0 in image.shape:
             raise ValueError(f"image tensor must be (3, H, W) in [-1, 1], got shape {tuple(image.shape)}")
-        image = PIL.Image.fromarray(((image.detach().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
+        if not bool(torch.isfinite(image).all()):
+            raise ValueError("image tensor holds NaN or inf")
+        image = PIL.Image.fromarray(((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).numpy())
     elif isinstance(image, np.ndarray):
-        image = PIL.Image.fromarray(image)
-    image = image.convert("RGB")
+        image = array_to_image(image)
+    elif not isinstance(image, PIL.Image.Image):
+        raise ValueError(f"image must be a PIL image, a numpy array or a (3, H, W) tensor, got {type(image).__name__}")
+    image = to_rgb(image)
     w0, h0 = image.size
     scale = max(width / w0, height / h0)
     new = (max(width, round(w0 * scale)), max(height, round(h0 * scale)))

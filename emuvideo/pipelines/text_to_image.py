@@ -5,19 +5,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import PIL.Image
 import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from .common import check_prompts, check_size, decode_frames, encode_prompt, to_uint8, vae_scale_factor
+from .common import (
+    check_finite,
+    check_output_type,
+    check_prompts,
+    check_scale,
+    check_size,
+    decode_frames,
+    encode_prompt,
+    frames_to_output,
+    vae_scale_factor,
+    warn_untrained_shape,
+)
 
 
 @dataclass
 class EmuImagePipelineOutput(BaseOutput):
-    """images: `(B, H, W, 3)` uint8 (or latents `(B, C, h, w)` when output_type="latent")."""
+    """images: `(B, H, W, 3)` uint8 ("np"), a list of B `PIL.Image`s ("pil"), `(B, 3, H, W)` in [-1, 1] ("pt")
+    or latents `(B, C, h, w)` ("latent")."""
 
-    images: np.ndarray | torch.Tensor
+    images: np.ndarray | torch.Tensor | list[PIL.Image.Image]
 
 
 class EmuTextToImagePipeline(DiffusionPipeline):
@@ -57,14 +70,20 @@ class EmuTextToImagePipeline(DiffusionPipeline):
             num_inference_steps: sampler steps.
             guidance_scale: classifier-free guidance w: X(∅) + w·(X(p) − X(∅)).
             generator: for reproducible noise.
-            output_type: "np" (uint8 `(B, H, W, 3)`), "pt" (`(B, 3, H, W)` in [-1, 1]) or "latent".
+            output_type: "np" (uint8 `(B, H, W, 3)`), "pil" (a list of `PIL.Image`), "pt" (`(B, 3, H, W)` in
+                [-1, 1]) or "latent".
+        Raises:
+            ValueError on bad input; `NonFiniteOutputError` (a ValueError) if the model produces NaN/inf.
         """
         # 1. check inputs
         prompts = check_prompts(prompt)
+        check_output_type(output_type)
+        check_scale("guidance_scale", guidance_scale)
         scale = vae_scale_factor(self.vae)
-        height = height or self.unet.config.sample_size * scale
-        width = width or self.unet.config.sample_size * scale
+        trained = self.unet.config.sample_size * scale
+        height, width = height or trained, width or trained
         check_size(height, width, self.size_multiple)
+        warn_untrained_shape(height, width, trained)
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         b, device = len(prompts), self._execution_device
@@ -87,9 +106,8 @@ class EmuTextToImagePipeline(DiffusionPipeline):
             latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
 
         # 5. decode
+        check_finite(latents, "the image latents")
         if output_type == "latent":
             return EmuImagePipelineOutput(images=latents)
         images = decode_frames(self.vae, latents[:, :, None])[:, :, 0]  # (B, 3, H, W)
-        if output_type == "pt":
-            return EmuImagePipelineOutput(images=images)
-        return EmuImagePipelineOutput(images=to_uint8(images[:, :, None])[:, 0])
+        return EmuImagePipelineOutput(images=frames_to_output(images, output_type))

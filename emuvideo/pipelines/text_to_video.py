@@ -7,8 +7,13 @@ from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DCo
 
 from ..loaders.lora_pipeline import EmuVideoLoraLoaderMixin
 from ..models.video_unet import EmuVideoUNet
+from .common import check_output_type
 from .image_to_video import EmuImageToVideoPipeline, EmuVideoPipelineOutput
+from .interpolation import EmuInterpolationPipeline
 from .text_to_image import EmuTextToImagePipeline
+
+
+INTERPOLATION_DEFAULTS = {"window": 9, "factors": [2, 4], "noise_aug_t": 100}
 
 
 class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
@@ -19,11 +24,15 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
     (the image-to-video stage). `text_to_image` and `image_to_video` give each stage as its own pipeline,
     sharing these modules (no copies).
 
+    Optional: `interpolation_unet`, the frame-interpolation model (paper §3.2), used by `interpolation`
+    (an `EmuInterpolationPipeline` sharing these modules) and by `interpolate=` here.
+
     LoRAs: `load_lora_weights` (video U-Net), `load_image_lora_weights` (image U-Net, any Stable Diffusion
     LoRA), `set_adapters`, `fuse_lora` (see `emuvideo.loaders.lora_pipeline`).
     """
 
-    model_cpu_offload_seq = "text_encoder->image_unet->unet->vae"
+    model_cpu_offload_seq = "text_encoder->image_unet->unet->interpolation_unet->vae"
+    _optional_components = ["interpolation_unet"]
 
     def __init__(
         self,
@@ -36,6 +45,8 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
         scheduler: SchedulerMixin,
         default_fps: int = 8,
         default_num_frames: int = 16,
+        interpolation_unet: EmuVideoUNet | None = None,
+        interpolation: dict | None = None,
     ):
         super().__init__()
         self.register_modules(
@@ -46,8 +57,15 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
             image_scheduler=image_scheduler,
             unet=unet,
             scheduler=scheduler,
+            interpolation_unet=interpolation_unet,
         )
-        self.register_to_config(default_fps=default_fps, default_num_frames=default_num_frames)
+        self.register_to_config(
+            default_fps=default_fps,
+            default_num_frames=default_num_frames,
+            # the interpolation model's settings (`EmuInterpolationPipeline`'s config): one dict, so that no
+            # list sits at the top of model_index.json, where diffusers reads lists as components
+            interpolation={**INTERPOLATION_DEFAULTS, **(interpolation or {})},
+        )
 
     @property
     def text_to_image(self) -> EmuTextToImagePipeline:
@@ -69,6 +87,23 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
         pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
         return pipe
 
+    @property
+    def interpolation(self) -> EmuInterpolationPipeline:
+        if self.interpolation_unet is None:
+            raise ValueError("this model has no interpolation_unet (train one with configs/stages/07_interpolation.yaml)")
+        pipe = EmuInterpolationPipeline(
+            self.vae,
+            self.text_encoder,
+            self.tokenizer,
+            self.interpolation_unet,
+            self.scheduler,
+            window=self.config.interpolation["window"],
+            factors=tuple(self.config.interpolation["factors"]),
+            noise_aug_t=self.config.interpolation["noise_aug_t"],
+        )
+        pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
+        return pipe
+
     @torch.no_grad()
     def __call__(
         self,
@@ -85,8 +120,10 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
         generator: torch.Generator | None = None,
         fps: int | None = None,
         pin_known_frames: bool = True,
+        interpolate: int | None = None,
         output_type: str = "np",
-    ) -> EmuVideoPipelineOutput:
+        return_dict: bool = True,
+    ) -> EmuVideoPipelineOutput | tuple:
         r"""
         Args:
             prompt: one text or a list (one video each).
@@ -98,10 +135,18 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
             guidance_image, guidance_text: w_i and w_p of the video stage (paper: 2.0 and 7.5).
             generator: for reproducible noise (the image stage draws first, then the video stage).
             pin_known_frames: keep frame 0 at the generated image (see `EmuImageToVideoPipeline`).
-            output_type: "np", "pt" or "latent".
+            interpolate: multiply the frame rate by this factor with the interpolation model (the frame
+                count becomes `(num_frames - 1) * interpolate + 1`, key frames kept, fps times the factor).
+            output_type: "np", "pil", "pt" or "latent".
+            return_dict: False returns `(frames,)`.
         Returns:
             `EmuVideoPipelineOutput` with the frames and the generated first-frame images.
         """
+        check_output_type(output_type)
+        if interpolate is not None:
+            interpolation = self.interpolation  # fails now, not after sampling, if the model has none
+            if interpolate not in interpolation.config.factors:
+                raise ValueError(f"interpolate must be one of {interpolation.config.factors}, got {interpolate!r}")
         # 1. text -> image
         images = self.text_to_image(
             prompt,
@@ -115,7 +160,7 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
         ).images  # (B, 3, H, W) in [-1, 1]
 
         # 2. (image, text) -> video
-        return self.image_to_video(
+        video = self.image_to_video(
             list(images),
             prompt,
             negative_prompt=negative_prompt,
@@ -128,5 +173,12 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
             generator=generator,
             fps=fps,
             pin_known_frames=pin_known_frames,
-            output_type=output_type,
+            output_type="pt" if interpolate else output_type,
         )
+        if interpolate:  # 3. raise the frame rate (paper §3.2)
+            frames = interpolation(
+                video.frames, prompt, factor=interpolate, num_inference_steps=num_inference_steps,
+                generator=generator, fps=video.fps, output_type=output_type,
+            )
+            video = EmuVideoPipelineOutput(frames=frames.frames, images=video.images, fps=frames.fps)
+        return video if return_dict else (video.frames,)

@@ -1,9 +1,31 @@
-"""The training config: one dataclass tree, filled from `configs/**/*.yaml` (see `emuvideo.config`)."""
+"""The training config: one dataclass tree, filled from `configs/**/*.yaml` (see `emuvideo.config`).
+
+Each section checks its own values when it is built (`__post_init__`), so a YAML file, a `--set` override and
+a `TrainConfig(...)` in Python are refused the same way, with the key and the value, before anything loads.
+"""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal
+
+from ..data.cache import default_cache_dir
+
+
+def _at_least(key: str, value, low) -> None:
+    if value is not None and not value >= low:  # `not >=`: NaN is refused too
+        raise ValueError(f"{key} must be >= {low}, got {value}")
+
+
+def _positive(key: str, value) -> None:
+    if value is not None and not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{key} must be a finite number > 0, got {value}")
+
+
+def _probability(key: str, value) -> None:
+    if not 0 <= value <= 1:
+        raise ValueError(f"{key} must be in [0, 1], got {value}")
 
 
 @dataclass
@@ -20,7 +42,14 @@ class DataConfig:
     sampling: Literal["fps", "even", "head"] = "fps"  # folder: how frames are taken from a clip
     crop: Literal["center", "random"] = "center"
     high_motion_fraction: float | None = None  # keep the top fraction of clips by motion score (paper §4 HQ FT)
-    cache_dir: str | None = "cache"  # latent cache (None: encode every step)
+    # latent cache: clips encoded once, keyed by everything that made them, so `train` and `finetune` on the same
+    # clips share it. Default: the user cache dir, $EMUVIDEO_CACHE/latents, else $XDG_CACHE_HOME/emuvideo/latents,
+    # else ~/.cache/emuvideo/latents (as Hugging Face caches under ~/.cache/huggingface). None: encode every step.
+    cache_dir: str | None = field(default_factory=lambda: str(default_cache_dir() / "latents"))
+
+    def __post_init__(self) -> None:
+        for key in ("num_frames", "fps", "resolution", "num_clips"):
+            _at_least(f"data.{key}", getattr(self, key), 1)
 
 
 @dataclass
@@ -30,7 +59,16 @@ class OptimConfig:
     betas: tuple[float, float] = (0.9, 0.999)  # paper §4
     weight_decay: float = 0.0
     warmup_steps: int = 100  # constant lr after a linear warm-up (paper §4)
-    max_grad_norm: float = 1.0
+    max_grad_norm: float = 1.0  # 0: no clipping
+
+    def __post_init__(self) -> None:
+        _positive("optim.lr", self.lr)
+        _at_least("optim.warmup_steps", self.warmup_steps, 0)
+        _at_least("optim.weight_decay", self.weight_decay, 0)
+        _at_least("optim.max_grad_norm", self.max_grad_norm, 0)
+        for beta in self.betas:
+            if not 0 <= beta < 1:
+                raise ValueError(f"optim.betas must be in [0, 1), got {list(self.betas)}")
 
 
 @dataclass
@@ -42,6 +80,36 @@ class LoraConfig:
     layers: Literal["temporal", "spatial", "all"] = "temporal"
     target_modules: list[str] = field(default_factory=lambda: ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out"])
     quantize_base: bool = False  # QLoRA: frozen base linear layers in NF4 with double quantization
+
+    def __post_init__(self) -> None:
+        _at_least("lora.rank", self.rank, 1)
+        _positive("lora.alpha", self.alpha)
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+
+
+@dataclass
+class KnownFramesConfig:
+    # video: which frames of a training clip the model is shown (models/conditioning.py), each mode with its
+    # probability: the first only (image-to-video, paper §3.2), the first and the last (first -> last videos),
+    # or the first plus 1 to max_keyframes others at random indices (keyframes)
+    first: float = 1.0
+    first_last: float = 0.0
+    keyframes: float = 0.0
+    max_keyframes: int = 3
+
+
+@dataclass
+class InterpolationConfig:
+    # train the frame-interpolation model (paper §3.2): the video U-Net, initialised from `init`'s video model,
+    # shown every `factor`-th frame of a `window`-frame stretch of a clip rendered at data.fps; saved as the
+    # model folder's interpolation_unet beside the video model it started from
+    enabled: bool = False
+    factors: list[int] = field(default_factory=lambda: [2, 4])  # frame-rate multipliers, one drawn per sample
+    window: int = 9  # output frames the model makes at once ((window - 1) divisible by every factor)
+    key_fps: int = 8  # frame rate of the key frames (the video model's); data.fps must be key_fps * factor * k
+    noise_aug_max: int = 250  # conditioning frames noised to t ~ U[0, noise_aug_max] in training (paper)
+    noise_aug_t: int = 100  # ... and to this t at inference (paper), saved with the model
 
 
 @dataclass
@@ -77,9 +145,9 @@ class TrainConfig:
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
     attention: Literal["sdpa", "xformers"] = "sdpa"
-    checkpoint_every: int = 250
+    checkpoint_every: int = 250  # optimizer steps between checkpoints (>= 1; the last step is always saved)
     keep_last: int = 2
-    sample_every: int = 500
+    sample_every: int = 500  # optimizer steps between samples; 0: never
     sample_prompts: list[str] = field(
         default_factory=lambda: ["a red circle moving right slowly", "a blue triangle moving up quickly"]
     )
@@ -90,3 +158,18 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    known_frames: KnownFramesConfig = field(default_factory=KnownFramesConfig)
+    interpolation: InterpolationConfig = field(default_factory=InterpolationConfig)
+    # load model folders whose weights are pickle files (.bin, .pt, .ckpt), with torch.load(weights_only=True);
+    # off: such a folder is refused, as pickle can run code when it is loaded (`emuvideo train --allow-pickle`)
+    allow_pickle: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("batch_size", "gradient_accumulation_steps", "max_steps", "checkpoint_every", "keep_last",
+                    "log_every"):
+            _at_least(key, getattr(self, key), 1)
+        _at_least("sample_every", self.sample_every, 0)
+        _at_least("max_minutes", self.max_minutes, 0)
+        for key in ("image_dropout", "text_dropout"):
+            _probability(key, getattr(self, key))
+        _at_least("kl_weight", self.kl_weight, 0)

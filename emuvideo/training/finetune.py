@@ -64,6 +64,8 @@ def run_finetune_from_cli(args) -> None:
         overrides["output_dir"] = args.output_dir
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
+    if getattr(args, "allow_pickle", False):
+        overrides["allow_pickle"] = True
     cfg = finetune_config(args.config, overrides)
     if not Path(args.data).is_dir():
         raise ValueError(f"--data {args.data!r}: no such folder")

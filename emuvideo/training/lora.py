@@ -153,8 +153,10 @@ def save_model_folder(pipe, out: str | Path, base_dir: str | Path | None = None)
     return out
 
 
-def merge_lora(model_dir: str | Path | None, lora: str | Path, out: str | Path, scale: float = 1.0) -> Path:
-    """A copy of the model folder `model_dir` (None: the shipped default) with the LoRA baked in."""
+def merge_lora(model_dir: str | Path | None, lora: str | Path, out: str | Path, scale: float = 1.0,
+               allow_pickle: bool = False) -> Path:
+    """A copy of the model folder `model_dir` (None: the shipped default) with the LoRA baked in.
+    `allow_pickle`: as `load_pipeline`'s (a model with pickle weights is refused without it)."""
     from ..pipelines.loading import default_model_dir, load_pipeline
 
     out = Path(out)
@@ -164,7 +166,7 @@ def merge_lora(model_dir: str | Path | None, lora: str | Path, out: str | Path, 
         model_dir = default_model_dir()
         if not (model_dir / "model_index.json").is_file():
             raise ValueError("no default model is installed to merge into; give --model FOLDER")
-    pipe = load_pipeline(str(model_dir))
+    pipe = load_pipeline(str(model_dir), allow_pickle=allow_pickle)
     load_lora(pipe.unet, lora, scale=scale)
     merge_lora_layers(pipe.unet)
     local = Path(model_dir) if Path(model_dir).is_dir() else None
@@ -175,4 +177,5 @@ def merge_lora_cli(args) -> None:
     if args.lora_command != "merge":
         raise ValueError(f"unknown lora command {args.lora_command!r}")
     lora_specs(args.lora, args.lora_scale)  # a folder or a .safetensors file, a finite scale
-    print(merge_lora(args.model, args.lora, args.output, scale=args.lora_scale))
+    print(merge_lora(args.model, args.lora, args.output, scale=args.lora_scale,
+                     allow_pickle=getattr(args, "allow_pickle", False)))

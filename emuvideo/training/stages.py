@@ -28,12 +28,13 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from ..config import load_config, parse_overrides
 from ..data.shapes import FRAME_SIZE
 from ..data.sources import collate, training_data
+from ..models.conditioning import KnownFrames, known_frames_conditioning
 from ..models.presets import build_unet2d, build_vae
 from ..models.text_encoder import load_minilm
 from ..pipelines.common import encode_prompt, to_uint8
 from ..schedules import make_sample_scheduler, make_train_scheduler, training_target
 from .config import TrainConfig
-from .trainer import Trainer, TrainResult
+from .trainer import Trainer, TrainResult, resolve_resume, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -49,22 +50,6 @@ def diffusion_loss(model_fn, scheduler, latents: torch.Tensor, text: torch.Tenso
     noisy = scheduler.add_noise(latents, noise, t)
     pred = model_fn(noisy, t, text, **model_kwargs).sample
     return F.mse_loss(pred.float(), training_target(scheduler, latents, noise, t).float())
-
-
-def image_conditioning(latents: torch.Tensor, image_dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first frame as condition, zero-padded in time, plus its mask (paper §3.2).
-
-    latents: `(B, C, T, h, w)`. Each sample's condition is dropped (zeros, mask 0) with probability
-    `image_dropout`, which trains the X(∅) term of the two-condition guidance.
-    Returns conditioning `(B, C, T, h, w)` and mask `(B, 1, T, h, w)`.
-    """
-    b, _, t, h, w = latents.shape
-    keep = (torch.rand(b, device=latents.device) >= image_dropout).to(latents.dtype).view(b, 1, 1, 1, 1)
-    conditioning = torch.zeros_like(latents)
-    conditioning[:, :, :1] = latents[:, :, :1]
-    mask = latents.new_zeros(b, 1, t, h, w)
-    mask[:, :, 0] = 1.0
-    return conditioning * keep, mask * keep
 
 
 def drop_captions(captions: list[str], text_dropout: float) -> list[str]:
@@ -249,9 +234,56 @@ def _image_objective(init: Path) -> str:
 
 
 def video_training_loss(model, scheduler, latents, text, cfg: TrainConfig) -> torch.Tensor:
-    """Image-conditioned video diffusion loss (paper §3.2), shared by the stages and `finetune`."""
-    conditioning, mask = image_conditioning(latents, cfg.image_dropout)
+    """Known-frame-conditioned video diffusion loss (paper §3.2), shared by the stages and `finetune`.
+
+    latents: `(B, C, T, h, w)`. Each sample knows the frames `cfg.known_frames` draws (the first, by
+    default); the whole condition is dropped (zeros, mask 0) with probability `cfg.image_dropout`, which
+    trains the X(∅) term of the two-condition guidance. The interpolation model has its own loss.
+    """
+    if cfg.interpolation.enabled:
+        return interpolation_training_loss(model, scheduler, latents, text, cfg)
+    b, _, t, _, _ = latents.shape
+    known = known_frames_sampler(cfg).draw(b, t, latents.device)
+    known &= (torch.rand(b, device=latents.device) >= cfg.image_dropout).view(b, 1)
+    conditioning, mask = known_frames_conditioning(latents, known)
     return diffusion_loss(model, scheduler, latents, text, conditioning=conditioning, conditioning_mask=mask)
+
+
+def known_frames_sampler(cfg: TrainConfig) -> KnownFrames:
+    k = cfg.known_frames
+    return KnownFrames({"first": k.first, "first_last": k.first_last, "keyframes": k.keyframes}, k.max_keyframes)
+
+
+def interpolation_windows(latents: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut one `window`-frame training sample per clip for the interpolation model (paper §3.2).
+
+    latents: `(B, C, N, h, w)` of clips at `data.fps`. Each sample draws a factor f; its window plays at
+    `key_fps * f` (every `data.fps / (key_fps * f)`-th clip frame, from a random start) and knows every
+    f-th frame. Returns the windows `(B, C, window, h, w)` and `known` `(B, window)`.
+    """
+    ip = cfg.interpolation
+    b, n = latents.shape[0], latents.shape[2]
+    factors = torch.tensor(ip.factors)[torch.randint(len(ip.factors), (b,))]
+    stride = cfg.data.fps // (ip.key_fps * factors)  # (B,)
+    span = (ip.window - 1) * stride + 1
+    start = (torch.rand(b) * (n - span + 1)).long()
+    index = start[:, None] + stride[:, None] * torch.arange(ip.window)  # (B, window)
+    windows = torch.stack([latents[i, :, index[i].to(latents.device)] for i in range(b)])
+    known = (torch.arange(ip.window)[None] % factors[:, None]) == 0
+    return windows, known.to(latents.device)
+
+
+def interpolation_training_loss(model, scheduler, latents, text, cfg: TrainConfig) -> torch.Tensor:
+    """Interpolation model loss: key-frame latents zero-interleaved in time plus the mask, the key frames
+    noise-augmented to t ~ U[0, noise_aug_max] (paper §3.2), the whole window denoised."""
+    windows, known = interpolation_windows(latents, cfg)
+    conditioning, mask = known_frames_conditioning(windows, known)
+    t_aug = torch.randint(0, cfg.interpolation.noise_aug_max + 1, (windows.shape[0],), device=windows.device)
+    conditioning = scheduler.add_noise(conditioning, torch.randn_like(conditioning), t_aug) * mask
+    keep = (torch.rand(windows.shape[0], device=windows.device) >= cfg.image_dropout).to(windows.dtype)
+    keep = keep.view(-1, 1, 1, 1, 1)
+    return diffusion_loss(model, scheduler, windows, text, conditioning=conditioning * keep,
+                          conditioning_mask=mask * keep)
 
 
 def _build_video_stage(cfg: TrainConfig) -> dict:
@@ -264,24 +296,36 @@ BUILDERS = {"autoencoder": build_autoencoder_stage, "image": build_image_stage, 
 
 
 def run_stage(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
-    parts = BUILDERS[cfg.kind](cfg)
-    trainer = Trainer(
-        cfg, parts["model"], parts["loss_fn"], parts["dataset"], collate_fn=parts["collate_fn"],
-        sample_fn=parts["sample_fn"], save_fn=parts["save_fn"],
-    )
-    if parts.get("trainable_only"):  # checkpoints hold what trains; the frozen base is re-read from init
-        from .video import checkpoint_trainable_only
+    """Build the stage `cfg.kind` and train it (see `Trainer.train` for what it raises)."""
+    from ..pipelines.loading import check_no_pickle
 
-        checkpoint_trainable_only(trainer.accelerator, cfg, trainer.accelerator.device)
-    for module in parts.get("frozen", []):
-        module.to(trainer.accelerator.device)
-    return trainer.train(resume=resume)
+    # Checked before any model loads: the output folder is free, the checkpoint to resume from can be read, the
+    # model to start from holds no pickle weights (unless allow_pickle).
+    with run_lock(cfg.output_dir):
+        if resume not in (None, "latest"):
+            resolve_resume(Path(cfg.output_dir), resume)
+        if cfg.init is not None and Path(cfg.init).is_dir():
+            check_no_pickle(cfg.init, cfg.allow_pickle)
+        parts = BUILDERS[cfg.kind](cfg)
+        trainer = Trainer(
+            cfg, parts["model"], parts["loss_fn"], parts["dataset"], collate_fn=parts["collate_fn"],
+            sample_fn=parts["sample_fn"], save_fn=parts["save_fn"],
+        )
+        if parts.get("trainable_only"):  # checkpoints hold what trains; the frozen base is re-read from init
+            from .video import checkpoint_trainable_only
+
+            checkpoint_trainable_only(trainer.accelerator, cfg, trainer.accelerator.device)
+        for module in parts.get("frozen", []):
+            module.to(trainer.accelerator.device)
+        return trainer.train(resume=resume)
 
 
 def run_stage_from_cli(args) -> None:
     overrides = parse_overrides(args.set)
     if args.max_steps is not None:
         overrides["max_steps"] = args.max_steps
+    if getattr(args, "allow_pickle", False):
+        overrides["allow_pickle"] = True
     if args.model is not None:
         local = Path(args.model).expanduser()
         overrides["init"] = str(local.resolve()) if local.is_dir() else args.model

@@ -6,21 +6,32 @@ What it guarantees:
   (docs/scaling.md); under FSDP checkpoints are sharded (one file per process), samples are drawn by every
   process (each forward gathers the shards) and the final weights are gathered into one model for `save_fn`;
 - checkpoints every N steps hold model, optimizer, LR schedule, RNG states and the data position; they
-  are written into a temporary folder and renamed, so Ctrl+C while saving never leaves a broken one; the
-  last K are kept; `resume="latest"` continues exactly where the run stopped;
+  are written into `checkpoints/.tmp-checkpoint-N/` and renamed, so a kill while saving never leaves a broken
+  one (leftovers are removed at the next start), and list their files with sizes, so a checkpoint damaged
+  afterwards is recognised; the last K are kept; `resume="latest"` continues exactly where the run stopped,
+  from the newest checkpoint that can be read (a damaged one is skipped with a warning naming it);
+- one run at a time per output folder: a second one is refused (`.lock`, released by the OS when the holder
+  ends, however it ends);
+- Ctrl+C stops after the current step with a checkpoint (a second Ctrl+C stops at once) and raises
+  `TrainingInterrupted` naming the checkpoint to resume from;
 - a NaN/inf loss stops the run with a message and keeps the last good checkpoint;
-- progress: tqdm (loss, it/s, ETA), TensorBoard scalars, `losses.csv` and a loss-curve PNG.
+- progress: tqdm (loss, it/s, ETA), TensorBoard scalars and the resolved config as hparams, `losses.csv` and
+  a loss-curve PNG.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 import json
 import logging
 import math
 import os
+import pickle
 import shutil
+import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,8 +44,10 @@ from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectCo
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from ..config import save_config
+from ..config import save_config, to_dict
+from ..data.sources import process_state
 from ..utils.files import atomic_path
+from .checkpoints import checkpoint_problem, checkpoints, remove_leftovers, resolve_resume, swap_in  # noqa: F401
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -42,6 +55,10 @@ logger = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl+C stopped the run; the message names the checkpoint to resume from."""
 
 
 @dataclass
@@ -119,25 +136,97 @@ def fill_storage_free_copy(model: torch.nn.Module, state: dict[str, torch.Tensor
     return model
 
 
-def checkpoints(output_dir: Path) -> list[Path]:
-    root = Path(output_dir) / "checkpoints"
-    found = [p for p in root.glob("checkpoint-*") if p.is_dir() and (p / "trainer_state.json").is_file()]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+# One lock per output folder and process; re-entrant, so `run_stage` can take it before the models load and
+# the Trainer again around the loop.
+_LOCKS: dict[Path, list] = {}
 
 
-def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "latest":
-        found = checkpoints(output_dir)
-        if not found:
-            logger.warning("--resume latest: no checkpoint in %s yet, starting from step 0", output_dir)
-            return None
-        return found[-1]
-    path = Path(resume)
-    if not (path / "trainer_state.json").is_file():
-        raise ValueError(f"--resume {resume!r} is not a checkpoint folder (no trainer_state.json)")
-    return path
+@contextlib.contextmanager
+def run_lock(output_dir: str | Path):
+    """Hold `output_dir/.lock` while a run writes there: a second run into the folder is refused.
+
+    An `fcntl.flock` lock, which the OS releases when its holder exits, however it exits (a run killed with
+    SIGKILL leaves the file, not the lock: a resume goes ahead). Only the main process locks; no-op where
+    `fcntl` does not exist (Windows).
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover
+        yield
+        return
+    folder = Path(output_dir).absolute()
+    if folder in _LOCKS or not process_state().is_main_process:
+        if folder in _LOCKS:
+            _LOCKS[folder][1] += 1
+        try:
+            yield
+        finally:
+            if folder in _LOCKS:
+                _LOCKS[folder][1] -= 1
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "unknown"
+        handle.close()
+        raise ValueError(f"output folder {str(output_dir)!r} is in use by another run (pid {holder}); wait for it "
+                         "to end, or choose another output_dir") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    _LOCKS[folder] = [handle, 1]
+    try:
+        yield
+    finally:
+        _LOCKS[folder][1] -= 1
+        if _LOCKS[folder][1] == 0:
+            del _LOCKS[folder]
+            handle.close()  # releases the lock
+
+
+class _StopOnCtrlC:
+    """While active (main thread only): the first Ctrl+C asks the loop to stop after the current step, a second
+    one raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested, self._previous = False, None
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        logger.warning("Ctrl+C: stopping after this step with a checkpoint (Ctrl+C again to stop at once)")
+
+    def __enter__(self):
+        # Only in place of Python's own handler: a process that ignores SIGINT (nohup) or handles it keeps doing so.
+        main = threading.current_thread() is threading.main_thread()
+        if main and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+        return False
+
+
+def hparams(config) -> dict:
+    """The config as flat TensorBoard hparams: `{"optim.lr": 1e-4, ...}`, lists as text, None left out."""
+    flat = {}
+
+    def walk(node, prefix):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, f"{prefix}{key}.")
+            elif value is not None:
+                flat[prefix + key] = value if isinstance(value, (bool, int, float, str)) else str(list(value))
+
+    walk(to_dict(config), "")
+    return flat
 
 
 class Trainer:
@@ -220,19 +309,27 @@ class Trainer:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()  # every process has written its RNG state into tmp before it is renamed
         if acc.is_main_process:
-            state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch}
-            (tmp / "trainer_state.json").write_text(json.dumps(state))
             save_config(self.config, tmp / "config.yaml")
-            shutil.rmtree(final, ignore_errors=True)
-            os.replace(tmp, final)  # atomic: a checkpoint folder exists only once complete
+            # Written last: what a complete checkpoint holds, so a file lost or cut short later is recognised.
+            files = {p.relative_to(tmp).as_posix(): p.stat().st_size for p in sorted(tmp.rglob("*")) if p.is_file()}
+            state = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch, "files": files}
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1))
+            swap_in(tmp, final)  # atomic: a checkpoint folder exists only once complete
             for old in checkpoints(self.output_dir)[: -self.config.keep_last]:
-                shutil.rmtree(old, ignore_errors=True)
+                # Renamed first: a kill while deleting leaves a hidden leftover, never a half checkpoint.
+                trash = old.with_name(f".trash-{old.name}")
+                os.replace(old, trash)
+                shutil.rmtree(trash)
             self._plot_losses()
         acc.wait_for_everyone()
         return final
 
     def load_checkpoint(self, path: Path) -> None:
-        self.accelerator.load_state(str(path))
+        try:
+            self.accelerator.load_state(str(path))  # tensors by safetensors, the rest by torch.load(weights_only=True)
+        except pickle.UnpicklingError as err:
+            raise ValueError(f"checkpoint {path} holds a pickle that is not plain tensors, refused (it could run "
+                             f"code): {str(err).strip().splitlines()[0]}") from None
         state = json.loads((path / "trainer_state.json").read_text())
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         if self.accelerator.is_main_process:
@@ -298,25 +395,82 @@ class Trainer:
         return fill_storage_free_copy(self._unsharded, state) if acc.is_main_process else None
 
     # ------------------------------------------------------------------ loop
-    def _out_of_time(self, started: float) -> bool:
-        """Whether `max_minutes` has passed on any process (reduced, so every process stops at the same step)."""
-        if self.config.max_minutes is None:
-            return False
-        late = torch.tensor([time.monotonic() - started >= 60 * self.config.max_minutes], device=self.accelerator.device)
-        return bool(self.accelerator.reduce(late.float(), reduction="sum").item() > 0)
+    def _stop_flags(self, started: float, interrupted: bool) -> tuple[bool, bool]:
+        """(out of time, Ctrl+C) on any process: reduced, so every process stops at the same step."""
+        late = self.config.max_minutes is not None and time.monotonic() - started >= 60 * self.config.max_minutes
+        if self.accelerator.num_processes == 1:
+            return late, interrupted
+        flags = torch.tensor([late, interrupted], dtype=torch.float32, device=self.accelerator.device)
+        flags = self.accelerator.reduce(flags, reduction="sum")
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _warn_about_warmup(self) -> None:
+        warmup, steps = self.config.optim.warmup_steps, self.config.max_steps
+        if warmup >= steps:
+            logger.warning("optim.warmup_steps=%d >= max_steps=%d: the whole run is warm-up (the learning rate "
+                           "reaches %.0f%% of optim.lr); lower optim.warmup_steps", warmup, steps,
+                           100 * min(1.0, steps / warmup))
 
     def train(self, resume: str | None = None) -> TrainResult:
+        """Train to `config.max_steps` (from a checkpoint with `resume`: "latest" or a checkpoint folder).
+
+        Raises:
+            ValueError: the output folder is in use by another run, or the checkpoint to resume from cannot be read.
+            TrainingDiverged: the loss became NaN or infinite.
+            TrainingInterrupted: Ctrl+C (a KeyboardInterrupt); the message names the checkpoint to resume from.
+        """
+        with run_lock(self.output_dir):
+            try:
+                return self._train(resume)
+            finally:
+                self.accelerator.end_training()
+
+    def _train(self, resume: str | None) -> TrainResult:
         cfg, acc = self.config, self.accelerator
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, self.output_dir / "config.yaml")
-        acc.init_trackers("train")
+        if acc.is_main_process:
+            remove_leftovers(self.output_dir)
+        acc.wait_for_everyone()
+        self._warn_about_warmup()
         start = resolve_resume(self.output_dir, resume)
+        save_config(cfg, self.output_dir / "config.yaml")
+        acc.init_trackers("train", config=hparams(cfg))
         if start is not None:
             self.load_checkpoint(start)
 
         bar = tqdm(total=cfg.max_steps, initial=self.step, disable=not acc.is_main_process, desc=self.output_dir.name)
-        loss_value = math.nan
         self.model.train()
+        try:
+            with _StopOnCtrlC() as ctrl_c:
+                loss_value, out_of_time = self._loop(bar, ctrl_c)
+        except KeyboardInterrupt as err:
+            bar.close()
+            if isinstance(err, TrainingInterrupted):
+                raise
+            # Stopped inside a step (a second Ctrl+C): the weights may be half updated, so no checkpoint now.
+            last = checkpoints(self.output_dir)
+            raise TrainingInterrupted(f"interrupted during step {self.step + 1}; latest checkpoint: "
+                                      f"{last[-1] if last else 'none'} (resume with --resume latest)") from None
+        bar.close()
+        if out_of_time:
+            logger.info("max_minutes=%s reached at step %d; writing final/", cfg.max_minutes, self.step)
+        acc.wait_for_everyone()
+        if self.save_fn is not None:
+            model = self._final_model()
+            if acc.is_main_process:
+                # Written beside and renamed: a kill while writing leaves the previous final/ (or none).
+                final, tmp = self.output_dir / "final", self.output_dir / ".tmp-final"
+                shutil.rmtree(tmp, ignore_errors=True)
+                self.save_fn(model, tmp)
+                swap_in(tmp, final)
+        if acc.is_main_process:
+            self._plot_losses()
+        return TrainResult(step=self.step, last_loss=loss_value, output_dir=self.output_dir)
+
+    def _loop(self, bar, ctrl_c: _StopOnCtrlC) -> tuple[float, bool]:
+        """Optimizer steps until max_steps, max_minutes or Ctrl+C. Returns (last loss, out of time)."""
+        cfg, acc = self.config, self.accelerator
+        loss_value = math.nan
         started, out_of_time = time.monotonic(), False
         while self.step < cfg.max_steps and not out_of_time:
             self.loader.set_epoch(self.epoch)
@@ -348,23 +502,16 @@ class Trainer:
                     self._log_loss(loss_value)
                 if cfg.sample_every and self.step % cfg.sample_every == 0:
                     self._sample()
-                out_of_time = self._out_of_time(started)
-                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps or out_of_time:
-                    self.save_checkpoint()
+                out_of_time, interrupted = self._stop_flags(started, ctrl_c.requested)
+                if self.step % cfg.checkpoint_every == 0 or self.step == cfg.max_steps or out_of_time or interrupted:
+                    saved = self.save_checkpoint()
+                if interrupted:
+                    bar.close()
+                    raise TrainingInterrupted(f"interrupted at step {self.step}; saved {saved} "
+                                              "(resume with --resume latest)")
                 if self.step >= cfg.max_steps or out_of_time:
                     break
             else:
                 self.epoch += 1
                 self.batch_in_epoch = 0
-        bar.close()
-        if out_of_time:
-            logger.info("max_minutes=%s reached at step %d; writing final/", cfg.max_minutes, self.step)
-        acc.wait_for_everyone()
-        if self.save_fn is not None:
-            model = self._final_model()
-            if acc.is_main_process:
-                self.save_fn(model, self.output_dir / "final")
-        if acc.is_main_process:
-            self._plot_losses()
-        acc.end_training()
-        return TrainResult(step=self.step, last_loss=loss_value, output_dir=self.output_dir)
+        return loss_value, out_of_time

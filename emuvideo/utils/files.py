@@ -8,20 +8,58 @@ import tempfile
 from pathlib import Path
 
 
+def _umask() -> int:
+    # os.umask can only be read by setting it; set it straight back.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path):
     """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed.
 
     The temporary name keeps the final suffix, so writers that pick a format by extension still work.
+    The file ends with the permissions a plain `open(path, "w")` gives (0o666 less the umask), not
+    `mkstemp`'s private 0o600. A failed write (full disk, file-size limit, ...) raises an `OSError` whose
+    message names `path`, and leaves neither `path` nor the temporary file behind.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.close(fd)
+    except OSError as err:
+        raise _naming(err, path) from err
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(err, OSError):
+            # the writer's message names the temporary file (or nothing); name the file the user asked for
+            raise _naming(err, path) from err
         raise
+
+
+def _naming(err: OSError, path: Path) -> OSError:
+    """`err` again (same errno, so the same subclass: FileNotFoundError, PermissionError, ...) naming `path`."""
+    message = f"cannot write {str(path)!r}: {err.strerror or str(err) or type(err).__name__}"
+    return OSError(err.errno, message) if err.errno is not None else OSError(message)
+
+
+def check_writable_dir(folder: str | Path, what: str = "output folder") -> None:
+    """Refuse, before any long work, a folder that cannot be created or written (one line naming it).
+
+    A folder that does not exist yet is fine when its nearest existing parent is a writable folder.
+    """
+    folder = Path(folder).expanduser().absolute()
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"{what} {str(folder)!r} cannot be created: {str(existing)!r} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{what} {str(folder)!r} is not writable ({str(existing)!r}: permission denied)")

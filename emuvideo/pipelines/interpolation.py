@@ -1,0 +1,213 @@
+"""Frame interpolation (paper §3.2): a video's frame rate multiplied by a second video U-Net.
+
+The interpolation model has the video U-Net's architecture and was initialised from the video model; it
+sees key frames zero-interleaved in time plus the mask (every `factor`-th frame of its window known), the
+key frames noise-augmented to a fixed t (paper: 100). A clip longer than one window is interpolated in
+overlapping windows that share their end key frames; the overlap is trimmed and the windows joined.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from einops import rearrange
+
+from ..models.conditioning import keyframe_indices, known_frames_conditioning
+from ..models.video_unet import EmuVideoUNet
+from .common import (
+    check_finite,
+    check_output_type,
+    check_scale,
+    decode_frames,
+    encode_frames,
+    encode_prompt,
+    frames_to_output,
+    vae_scale_factor,
+)
+from .image_to_video import EmuVideoPipelineOutput
+
+logger = logging.getLogger(__name__)
+
+
+def window_starts(num_keyframes: int, keys_per_window: int) -> list[int]:
+    """First key frame of each window: windows of `keys_per_window` keys sharing their end keys, the last
+    one moved back to end at the last key frame (its overlap with the one before is trimmed)."""
+    if num_keyframes <= keys_per_window:
+        return [0]
+    step = keys_per_window - 1
+    starts = list(range(0, num_keyframes - keys_per_window + 1, step))
+    if starts[-1] + keys_per_window < num_keyframes:
+        starts.append(num_keyframes - keys_per_window)
+    return starts
+
+
+class EmuInterpolationPipeline(DiffusionPipeline):
+    r"""Multiply a clip's frame rate by `factor`: `(K-1)·factor + 1` frames from K, the K key frames kept.
+
+    Components: `vae`, `text_encoder`, `tokenizer`, `unet` (the interpolation `EmuVideoUNet`), `scheduler`.
+    Config: `window` (output frames one U-Net call makes), `factors` (those the model was trained for),
+    `noise_aug_t` (the key frames' noise level at inference, paper: 100).
+    """
+
+    model_cpu_offload_seq = "text_encoder->unet->vae"
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,
+        text_encoder,
+        tokenizer,
+        unet: EmuVideoUNet,
+        scheduler: SchedulerMixin,
+        window: int = 9,
+        factors: tuple[int, ...] = (2, 4),
+        noise_aug_t: int = 100,
+    ):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler)
+        self.register_to_config(window=window, factors=list(factors), noise_aug_t=noise_aug_t)
+
+    @property
+    def size(self) -> int:
+        """The frame side (pixels) the model was trained at; clips of another size are refused."""
+        return self.unet.config.unet_config["sample_size"] * vae_scale_factor(self.vae)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        video: np.ndarray | torch.Tensor | list,
+        prompt: str | list[str] = "",
+        factor: int = 2,
+        num_inference_steps: int = 25,
+        guidance_text: float = 1.0,
+        generator: torch.Generator | None = None,
+        latents: torch.Tensor | None = None,
+        fps: int | None = None,
+        output_type: str = "np",
+        return_dict: bool = True,
+    ) -> EmuVideoPipelineOutput | tuple:
+        r"""
+        Args:
+            video: the key frames: uint8 `(T, H, W, 3)` or `(B, T, H, W, 3)`, a list of T `PIL.Image`s, or
+                `(B, 3, T, H, W)` in [-1, 1]; H = W = the model's size.
+            prompt: what the clip shows (one per video; "" works too: the model trained with dropped text).
+            factor: frame-rate multiplier, one of `config.factors`.
+            num_inference_steps: sampler steps.
+            guidance_text: classifier-free guidance on the prompt (1.0: none, one U-Net pass per step).
+            generator: for reproducible noise.
+            latents: `(B·W, C, window_frames, h, w)` starting noise for the W windows, instead of `generator`.
+            fps: the key frames' rate; the output's is `fps * factor` (returned in `fps`).
+            output_type: "np", "pil", "pt" or "latent" (latents are per window, not joined).
+            return_dict: False returns `(frames,)`.
+        Returns:
+            frames of `(T-1)·factor + 1` frames; frame `i·factor` is key frame `i`, exactly as given.
+        """
+        # 1. check inputs
+        check_output_type(output_type)
+        check_scale("guidance_text", guidance_text)
+        if factor not in self.config.factors:
+            raise ValueError(f"factor must be one of {self.config.factors} (those the model was trained for), got {factor!r}")
+        if num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
+        keys = self._key_pixels(video)  # (B, 3, T, H, W) in [-1, 1]
+        b, _, t, height, width = keys.shape
+        if t < 2:
+            raise ValueError(f"a clip to interpolate needs at least 2 frames, got {t}")
+        prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
+        if len(prompts) != b:
+            raise ValueError(f"got {len(prompts)} prompts for {b} videos; pass one per video")
+        device, dtype = self._execution_device, self.unet.dtype
+
+        # 2. windows of key frames, zero-interleaved in time, mask 1 at the key frames (paper §3.2)
+        keys_per_window = (self.config.window - 1) // factor + 1
+        starts = window_starts(t, keys_per_window)
+        k = min(keys_per_window, t)
+        key_latents = encode_frames(self.vae, keys.to(device))  # (B, C, T, h, w)
+        windows = torch.cat([key_latents[:, :, s : s + k] for s in starts])  # (W·B, C, k, h, w), window-major
+        at = keyframe_indices(k, factor)
+        frames_per_window = at[-1] + 1
+        video = windows.new_zeros(*windows.shape[:2], frames_per_window, *windows.shape[3:])
+        video[:, :, at] = windows
+        known = torch.zeros(frames_per_window, dtype=torch.bool, device=device)
+        known[at] = True
+        clean, mask = known_frames_conditioning(video, known)
+        # the key frames noise-augmented to a fixed level (paper: t = 100 at inference, U[0, 250] in training)
+        t_aug = torch.full((clean.shape[0],), self.config.noise_aug_t, device=device, dtype=torch.long)
+        aug_noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype)
+        conditioning = self.scheduler.add_noise(clean, aug_noise, t_aug) * mask
+
+        # 3. encode prompts (one per window)
+        text = encode_prompt(self.tokenizer, self.text_encoder, [""] * b + prompts, device).to(dtype)
+        text_uncond, text_cond = (part.repeat(len(starts), 1, 1) for part in text.chunk(2))
+        guided = guidance_text != 1.0
+        cond_in = torch.cat([conditioning] * (2 if guided else 1)).to(dtype)
+        mask_in = torch.cat([mask] * (2 if guided else 1)).to(dtype)
+        text_in = torch.cat([text_uncond, text_cond]) if guided else text_cond
+
+        # 4. timesteps and starting noise
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        timesteps = self.scheduler.timesteps
+        if latents is None:
+            latents = randn_tensor(clean.shape, generator=generator, device=device, dtype=dtype)
+        elif latents.shape != clean.shape:
+            raise ValueError(f"latents must have shape {tuple(clean.shape)}, got {tuple(latents.shape)}")
+        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
+        pin = mask.to(dtype).expand_as(latents)
+        pin_noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=dtype)
+
+        # 5. denoise (the loop of EmuImageToVideoPipeline, with one or two terms instead of three)
+        for i, step_t in enumerate(self.progress_bar(timesteps)):
+            x = self.scheduler.scale_model_input(torch.cat([latents] * (2 if guided else 1)), step_t)
+            out = self.unet(x, step_t, text_in, conditioning=cond_in, conditioning_mask=mask_in).sample
+            if guided:
+                uncond, cond = out.chunk(2)
+                out = uncond + guidance_text * (cond - uncond)
+            latents = self.scheduler.step(out, step_t, latents, generator=generator).prev_sample
+            # the key frames: their clean latents noised to the next step's level (clean after the last)
+            if i + 1 < len(timesteps):
+                target = self.scheduler.add_noise(clean.to(dtype), pin_noise, timesteps[i + 1 : i + 2])
+            else:
+                target = clean.to(dtype)
+            latents = pin * target + (1 - pin) * latents
+
+        # 6. decode, join the windows (overlap trimmed), put the key frames back exactly as given
+        check_finite(latents, "the interpolated latents")
+        out_fps = (fps or 0) * factor or None
+        if output_type == "latent":
+            return (latents,) if not return_dict else EmuVideoPipelineOutput(frames=latents, fps=out_fps)
+        decoded = rearrange(decode_frames(self.vae, latents), "(w b) c t h1 w1 -> w b c t h1 w1", b=b)
+        total = (t - 1) * factor + 1
+        frames = keys.new_zeros(b, 3, total, height, width)
+        filled = torch.zeros(total, dtype=torch.bool)
+        for window, start in zip(decoded, starts):
+            first = start * factor
+            span = torch.arange(first, first + frames_per_window)
+            new = ~filled[span]
+            frames[:, :, span[new]] = window[:, :, new.nonzero().flatten()].to(frames)
+            filled[span] = True
+        frames[:, :, ::factor] = keys  # key frames kept
+        frames = frames_to_output(frames, output_type)
+        if not return_dict:
+            return (frames,)
+        return EmuVideoPipelineOutput(frames=frames, fps=out_fps)
+
+    def _key_pixels(self, video) -> torch.Tensor:
+        """The key frames as `(B, 3, T, H, W)` in [-1, 1], checked against the model's size."""
+        if isinstance(video, list):
+            video = np.stack([np.asarray(f.convert("RGB") if isinstance(f, PIL.Image.Image) else f) for f in video])
+        if isinstance(video, np.ndarray):
+            if video.dtype != np.uint8 or video.ndim not in (4, 5) or video.shape[-1] != 3:
+                raise ValueError(f"video must be uint8 (T, H, W, 3) or (B, T, H, W, 3), got {video.dtype} {video.shape}")
+            x = torch.from_numpy(video if video.ndim == 5 else video[None]).float() / 127.5 - 1
+            video = rearrange(x, "b t h w c -> b c t h w")
+        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
+            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+            raise ValueError(f"video tensor must be (B, 3, T, H, W) in [-1, 1], got {shape}")
+        h, w = video.shape[-2:]
+        if (h, w) != (self.size, self.size):
+            raise ValueError(f"the interpolation model works on {self.size}x{self.size} clips, got {w}x{h}")
+        return video.float().clamp(-1, 1)
