@@ -34,6 +34,16 @@ def test_bad_configs_are_named(tmp_path, text, message):
         load_config(TrainConfig, path)
 
 
+def test_exponent_floats_without_a_dot_are_floats(tmp_path):
+    """YAML 1.1 reads `1e-4` as a string; a float field takes it as the number it means, text stays refused."""
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-4\n")
+    assert load_config(TrainConfig, path).optim.lr == 1e-4
+    assert load_config(TrainConfig, None, parse_overrides(["optim.lr=5e-5"])).optim.lr == 5e-5
+    with pytest.raises(ValueError, match="config key 'optim.lr' must be float, got 'fast'"):
+        load_config(TrainConfig, None, parse_overrides(["optim.lr=fast"]))
+
+
 def test_override_typo_is_named():
     with pytest.raises(ValueError, match="unknown config key 'optim.learning_rate'"):
         load_config(TrainConfig, None, parse_overrides(["optim.learning_rate=1e-4"]))

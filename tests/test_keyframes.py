@@ -200,3 +200,83 @@ def test_interpolation_conditions_on_noise_augmented_zero_interleaved_keys(tiny_
 def test_keyframe_indices():
     assert keyframe_indices(5, 2) == [0, 2, 4, 6, 8]
     assert keyframe_indices(3, 4) == [0, 4, 8]
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+@pytest.fixture(scope="module")
+def interp_folder(tmp_path_factory, tiny_pipeline):
+    """A tiny model folder with an (untrained) interpolation_unet: a copy of its video U-Net."""
+    import copy
+
+    from emuvideo.pipelines import EmuVideoPipeline
+
+    folder = tmp_path_factory.mktemp("tiny-interp")
+    components = {**tiny_pipeline.components, "interpolation_unet": copy.deepcopy(tiny_pipeline.unet)}
+    EmuVideoPipeline(**components, interpolation={"window": 5, "factors": [2], "noise_aug_t": 100}).save_pretrained(folder)
+    return folder
+
+
+def _clip(path, frames=5, size=SIZE):
+    from emuvideo.utils.video import write_video
+
+    write_video(path, np.stack([_image(i)[:size, :size] for i in range(frames)]), 8)
+    return path
+
+
+def _fails(capsys, argv, *words):
+    from emuvideo.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1, err
+    for word in words:
+        assert word in err, err
+
+
+def test_interpolate_cli_writes_factor_times_the_frames(tmp_path, interp_folder, capsys):
+    from emuvideo.cli import main
+    from emuvideo.utils.video import read_frames
+
+    out = tmp_path / "out.mp4"
+    code = main(["interpolate", str(_clip(tmp_path / "in.mp4")), "--factor", "2", "--output", str(out),
+                 "--model", str(interp_folder), "--steps", "1", "-q"])
+    assert code == 0, capsys.readouterr().err
+    frames, fps = read_frames(out)
+    assert len(frames) == 9 and round(fps) == 16
+    from emuvideo.utils.video import save_image
+
+    first, last = tmp_path / "first.png", tmp_path / "last.png"
+    save_image(first, _image(0)), save_image(last, _image(1))
+    code = main(["animate", "--image", str(first), "--last-image", str(last), "--prompt", "x", "--num-frames", "4",
+                 "--interpolate", "2", "--output", str(out), "--model", str(interp_folder), "--steps", "1", "-q"])
+    assert code == 0, capsys.readouterr().err
+    frames, fps = read_frames(out)
+    assert len(frames) == 7 and round(fps) == 16
+
+
+def test_interpolate_and_keyframe_bad_input_is_one_line_and_no_file(tmp_path, interp_folder, sd_folder, capsys):
+    out = tmp_path / "out.mp4"
+    clip = _clip(tmp_path / "in.mp4")
+    _fails(capsys, ["interpolate", str(tmp_path / "none.mp4"), "--output", str(out)], "none.mp4", "no such file")
+    _fails(capsys, ["interpolate", str(clip), "--factor", "3", "--output", str(out), "--model", str(interp_folder)],
+           "--interpolate 3", "[2]")
+    big = _clip(tmp_path / "big.mp4", size=SIZE)  # the right size; now a wrong one
+    from emuvideo.utils.video import write_video
+
+    write_video(big, np.zeros((4, 32, 32, 3), np.uint8), 8)
+    _fails(capsys, ["interpolate", str(big), "--output", str(out), "--model", str(interp_folder)], "32x32", "16x16")
+    (tmp_path / "junk.mp4").write_bytes(b"not a video")
+    _fails(capsys, ["interpolate", str(tmp_path / "junk.mp4"), "--output", str(out), "--model", str(interp_folder)],
+           "junk.mp4")
+    _fails(capsys, ["interpolate", str(clip), "--output", str(out), "--steps", "0"], "--steps")
+    # a model without an interpolation model: refused before sampling, for generate and animate too
+    _fails(capsys, ["interpolate", str(clip), "--output", str(out), "--model", str(sd_folder)], "no interpolation model")
+    _fails(capsys, ["generate", "--prompt", "a red square", "--interpolate", "2", "--output", str(out),
+                    "--model", str(sd_folder)], "no interpolation model")
+    image = tmp_path / "first.png"
+    from emuvideo.utils.video import save_image
+
+    save_image(image, _image(0))
+    _fails(capsys, ["animate", "--image", str(image), "--last-image", str(tmp_path / "nope.png"), "--prompt", "x",
+                    "--output", str(out), "--model", str(interp_folder)], "nope.png")
+    assert not out.exists() and not list(tmp_path.glob(".out*"))
