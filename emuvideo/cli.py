@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib
 import logging
 import math
 import sys
@@ -18,6 +19,21 @@ class CLIError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------- options
+# The names of `emuvideo.schedules.SAMPLERS` and `emuvideo.models.attention.ATTENTION_BACKENDS`, written out so
+# that `--help` and a bad choice need no torch import (tests/test_samplers.py checks they agree).
+SAMPLER_NAMES = ("ddim", "dpm++", "unipc", "euler")
+ATTENTION_NAMES = ("auto", "sdpa", "xformers", "math")
+
+
+def _add_speed_options(p: argparse.ArgumentParser, sampler: bool = True) -> None:
+    if sampler:  # not on `interpolate`: the interpolation pipeline samples with ddim only (its noise augmentation)
+        p.add_argument("--sampler", choices=SAMPLER_NAMES, help="the diffusers sampler of every stage, on the model's "
+                       "schedule (default: the model's own, ddim for the shipped one)")
+    p.add_argument("--attention", choices=ATTENTION_NAMES, default="auto", help="attention kernels: sdpa (torch), "
+                   "xformers (CUDA), math (plain matmul + softmax, the reference); auto: xformers on CUDA when "
+                   "installed, else sdpa (default: auto)")
+
+
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     # Defaults live in the pipelines' signatures; None here means "the pipeline's default".
     p.add_argument("--model", help="model folder or Hub id (default: the model shipped with emuvideo)")
@@ -44,6 +60,7 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    "by FACTOR with the interpolation model, key frames kept (the shipped model: 2 or 4)")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_speed_options(p)
     _add_allow_pickle(p)
 
 
@@ -71,6 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--format", choices=("mp4", "gif"), help="file type (default: mp4 with --output-dir; with "
                      "--output, its extension, which must agree)")
     gen.add_argument("--save-image", action="store_true", help="also write each generated first frame (.png)")
+    gen.add_argument("--image-steps", type=int, dest="image_num_inference_steps", help="sampler steps of the "
+                     "image stage (default: --steps)")
     _add_sampling_options(gen)
 
     ani = sub.add_parser("animate", help="bring an image to life: (image, text) -> video")
@@ -92,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     itp.add_argument("--steps", type=int, dest="num_inference_steps", default=25, help="sampler steps (default: 25)")
     itp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     itp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_speed_options(itp, sampler=False)
     _add_allow_pickle(itp)
 
     sub.add_parser("info", help="versions, device, attention backend, where the default model lives")
@@ -133,12 +153,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "phrasings) or a file, one prompt a line (default: canonical)")
     ev.add_argument("--seeds", type=int, help="noise draws per prompt, each prompt x seed its own (default: 3)")
     ev.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 25)")
+    ev.add_argument("--image-steps", type=int, dest="image_num_inference_steps", help="sampler steps of the "
+                    "image stage (default: --steps)")
     ev.add_argument("--batch-size", type=int, default=8, help="videos per pipeline call (default: 8)")
     ev.add_argument("--videos", help="score the .mp4/.gif clips of this folder (name order) instead of generating")
     ev.add_argument("--captions", help="with --videos: one caption a line, the i-th for the i-th clip")
     ev.add_argument("--json", help="write the summary and every verdict to this JSON file")
     ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    _add_speed_options(ev)
     _add_allow_pickle(ev)
     # eval samples at the model's own length, size and fps; these let it share `_check_sampling`.
     ev.set_defaults(num_frames=None, fps=None, height=None, width=None)
@@ -180,6 +203,9 @@ def _check_sampling(args) -> None:
         raise CLIError(f"--num-frames must be >= 1, got {args.num_frames}")
     if args.num_inference_steps is not None and args.num_inference_steps < 1:
         raise CLIError(f"--steps must be >= 1, got {args.num_inference_steps}")
+    image_steps = getattr(args, "image_num_inference_steps", None)
+    if image_steps is not None and image_steps < 1:
+        raise CLIError(f"--image-steps must be >= 1, got {image_steps}")
     if args.fps is not None and args.fps < 1:
         raise CLIError(f"--fps must be >= 1, got {args.fps}")
     for name in ("height", "width"):
@@ -266,7 +292,7 @@ def _load(args, device: str):
 
     dtype = torch.float16 if device.startswith("cuda") else torch.float32
     pipe = load_pipeline(args.model, device=device, dtype=dtype, variant=getattr(args, "variant", None),
-                         allow_pickle=args.allow_pickle)
+                         allow_pickle=args.allow_pickle, sampler=getattr(args, "sampler", None), attention=args.attention)
     from .loaders import apply_loras, lora_specs
 
     # `eval` has its own single --lora/--lora-scale and no --image-lora; lora_specs takes either form.
@@ -277,8 +303,9 @@ def _load(args, device: str):
 
 
 # ---------------------------------------------------------------------------------------------- commands
-def _import_library() -> None:
-    """Import torch + diffusers + transformers (via the pipelines) the way a short-lived process should.
+def _import_library(module: str = ".pipelines.loading") -> None:
+    """Import `module` (default: the pipelines, hence torch + diffusers + transformers) the way a short-lived
+    process should.
 
     The import creates ~900k container objects that live until exit. Python's cyclic collector would walk
     them again and again while they are created (~2 s of a ~7 s import on a 2-core CPU) and again in the
@@ -287,12 +314,12 @@ def _import_library() -> None:
     every object made afterwards). Only the process that pays the import does this: an in-process caller
     that already has diffusers loaded (tests, a notebook) is left as it is.
     """
-    if "diffusers" in sys.modules:
+    if "diffusers" in sys.modules or (module == "torch" and "torch" in sys.modules):
         return
     was_enabled = gc.isenabled()
     gc.disable()
     try:
-        from .pipelines import loading  # noqa: F401  (torch, diffusers, transformers, the model classes)
+        importlib.import_module(module, __package__)
     finally:
         gc.freeze()
         if was_enabled:
@@ -312,7 +339,8 @@ def cmd_generate(args) -> None:
     _interpolation(pipe, args.interpolate)  # a model without one, or an unknown factor: refused before sampling
     for prompt, path in zip(prompts, outputs):
         generator = torch.Generator(device).manual_seed(args.seed)
-        out = pipe(prompt, generator=generator, interpolate=args.interpolate, **_sampling_kwargs(args))
+        out = pipe(prompt, generator=generator, interpolate=args.interpolate,
+                   image_num_inference_steps=args.image_num_inference_steps, **_sampling_kwargs(args))
         write_video(path, out.frames[0], out.fps)
         print(path)
         if args.save_image:
@@ -403,11 +431,12 @@ def cmd_info(args) -> None:
     import torch
     import transformers
 
+    from .models.attention import available_attention, resolve_attention
     from .models.text_encoder import minilm_path
     from .pipelines.loading import default_model_dir
 
-    xformers_version = _version("xformers")
     default = default_model_dir()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     lines = {
         "emuvideo": __import__("emuvideo").__version__,
         "python": f"{platform.python_version()} ({sys.executable})",
@@ -418,8 +447,10 @@ def cmd_info(args) -> None:
         "PyAV": _version("av"),
         "device": f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu",
         "cpu threads": torch.get_num_threads(),
-        "attention": "xformers" if xformers_version != "not installed" and torch.cuda.is_available() else "torch SDPA",
-        "xformers": xformers_version,
+        # what --attention auto (the default) picks here, and what else --attention can pick
+        "attention": f"{resolve_attention('auto', device)} (auto; available on {device}: "
+                     f"{', '.join(available_attention(device))})",
+        "xformers": _version("xformers"),
         "default model": f"{default}" + ("" if (default / "model_index.json").is_file() else " (missing: random init)"),
         "text encoder": f"{minilm_path()} (all-MiniLM-L6-v2, the default model's)",
     }
@@ -444,7 +475,8 @@ def cmd_eval(args) -> None:
     from .evaluation.prompt_sets import DEFAULT_PROMPT_SET, load_prompt_set
 
     generating = {"--model": args.model, "--lora": args.lora, "--prompts": args.prompts, "--seeds": args.seeds,
-                  "--steps": args.num_inference_steps}
+                  "--steps": args.num_inference_steps, "--image-steps": args.image_num_inference_steps,
+                  "--sampler": args.sampler}
     if args.videos is not None or args.captions is not None:
         if args.videos is None or args.captions is None:
             raise CLIError("--videos and --captions go together")
@@ -463,9 +495,10 @@ def cmd_eval(args) -> None:
         pipe = _load(args, _device(args.device))
         pipe.set_progress_bar_config(disable=True)  # one bar for the whole evaluation
         meta = {"model": args.model or "default", "lora": args.lora, "lora_scale": args.lora_scale if args.lora else None,
-                "prompt_set": prompt_set}
+                "prompt_set": prompt_set, "sampler": args.sampler, "attention": args.attention}
         report = evaluate_pipeline(pipe, prompts, seeds=seeds, batch_size=args.batch_size,
-                                   num_inference_steps=args.num_inference_steps, progress=not args.quiet, meta=meta)
+                                   num_inference_steps=args.num_inference_steps, progress=not args.quiet, meta=meta,
+                                   image_num_inference_steps=args.image_num_inference_steps)
     print(report.table())
     print(f"\n{len(report.rows)} videos judged in {report.meta['seconds']:.0f} s")
     if args.json:
@@ -548,7 +581,8 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    _import_library()
+    # Scoring existing clips needs torch (the judges) but no model; every other command loads or trains one.
+    _import_library("torch" if args.command == "eval" and args.videos is not None else ".pipelines.loading")
     try:
         COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as err:  # bad input: one line, no traceback

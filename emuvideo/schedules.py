@@ -12,7 +12,14 @@ three parameterisations. Two objectives:
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    SchedulerMixin,
+    UniPCMultistepScheduler,
+)
 
 OBJECTIVES = ("epsilon", "v_prediction")
 
@@ -39,6 +46,47 @@ def make_sample_scheduler(objective: str = "v_prediction") -> DDIMScheduler:
     # Zero terminal SNR needs the sampler to start at t = T - 1 ("trailing") and to keep the last step's
     # α at 0 rather than clamping it (`set_alpha_to_one`) — Lin et al. §3.
     return DDIMScheduler(**scheduler_config(objective), clip_sample=False, set_alpha_to_one=False)
+
+
+# The samplers a pipeline can use, by name: a diffusers scheduler class and the settings it needs on top of
+# the model's own schedule (`make_sampler`). Each keeps the model's β, prediction type and zero terminal SNR.
+SAMPLERS: dict[str, tuple[type[SchedulerMixin], dict]] = {
+    # as `make_sample_scheduler`: no clipping of x0, and the last step's ᾱ kept (0 under zero terminal SNR)
+    "ddim": (DDIMScheduler, dict(clip_sample=False, set_alpha_to_one=False)),
+    # DPM-Solver++ (Lu et al. 2022), 2nd order multistep, 1st order at the last steps (stable below 15 steps)
+    "dpm++": (DPMSolverMultistepScheduler, dict(algorithm_type="dpmsolver++", solver_order=2, lower_order_final=True)),
+    # UniPC (Zhao et al. 2023), bh2 predictor-corrector
+    "unipc": (UniPCMultistepScheduler, dict(solver_type="bh2", lower_order_final=True)),
+    # Euler (Karras et al. 2022, Algorithm 2 without churn): works on x/√ᾱ; under zero terminal SNR diffusers
+    # caps the first σ (ᾱ_T = 2^-24, σ_T = 4096) instead of making it infinite
+    "euler": (EulerDiscreteScheduler, dict()),
+}
+
+# What a sampler keeps from the model's schedule: the β, what the network predicts, the rescale.
+_SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "trained_betas",
+                  "prediction_type", "rescale_betas_zero_snr", "timestep_spacing", "steps_offset")
+
+
+def make_sampler(name: str, config: dict | None = None) -> SchedulerMixin:
+    """The sampler `name` (a key of `SAMPLERS`) on the schedule of a model's scheduler `config`.
+
+    `config`: a scheduler config (`pipe.scheduler.config`), default the v-prediction schedule. Its β,
+    prediction type, zero-terminal-SNR rescale and timestep spacing carry over; under zero terminal SNR the
+    spacing is "trailing", whatever the config says, so that sampling starts at t = T - 1 (Lin et al. §3.3).
+    """
+    if name not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {name!r}")
+    cls, extra = SAMPLERS[name]
+    config = dict(scheduler_config("v_prediction") if config is None else config)
+    schedule = {k: config[k] for k in _SCHEDULE_KEYS if k in config}
+    if schedule.get("rescale_betas_zero_snr"):
+        schedule["timestep_spacing"] = "trailing"
+    return cls(**schedule, **extra)
+
+
+def sampler_name(scheduler: SchedulerMixin) -> str | None:
+    """The `SAMPLERS` name of a scheduler's class (None for another class)."""
+    return next((name for name, (cls, _) in SAMPLERS.items() if type(scheduler) is cls), None)
 
 
 def _coefficients(scheduler, timesteps: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

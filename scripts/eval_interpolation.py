@@ -18,12 +18,14 @@ b. Keyframes. Clips drawn by `random.Random(20_000 + i)`, 16 frames at 8 fps: `i
    same with the first frame only (its last frame's PSNR shows how far an unconditioned end lies).
 c. Judge verdicts under `--interpolate 2`. The canonical prompts, one seed: text -> image -> video at 8 fps,
    judged strictly (direction, speed); then the same video interpolated x2 by the model and judged at 16 fps.
-   Reported: the share of prompts whose judged direction and judged speed band are unchanged (Wilson 95%
-   interval), and the strict all-correct rate before and after.
+   Reported: the share of prompts whose judged direction and judged speed band are unchanged ("none found" is a
+   value too: None before and after is unchanged), with a Wilson 95% interval, and the strict all-correct rate
+   before and after.
 d. A GIF strip of one held-back clip (ground truth | model | linear blend | minterpolate | repetition), and a
    PNG filmstrip of its first two key intervals beside it.
 
-Noise is seeded per clip / prompt (CPU generators), so a result does not depend on --batch-size or on order.
+Noise is drawn per clip / prompt from its own seeded CPU generator, so it does not depend on --batch-size or on
+order (on a CPU the whole run is deterministic).
 """
 
 from __future__ import annotations
@@ -43,26 +45,28 @@ import PIL.ImageDraw
 import torch
 from tqdm.auto import tqdm
 
-from emuvideo.data.shapes import REFERENCE_FPS, ShapeSpec, canonical_caption, canonical_prompts, render_clip, sample_spec
+from emuvideo.data.shapes import (
+    REFERENCE_FPS, SPEEDS, ShapeSpec, canonical_caption, canonical_prompts, render_clip, sample_spec,
+)
 from emuvideo.evaluation.evaluate import prompt_seed
 from emuvideo.evaluation.interpolation import (
     BASELINES,
     bootstrap_interval,
+    ffmpeg_minterpolate,
     in_between_scores,
     linear_blend,
     psnr,
     repeat_frames,
-    ffmpeg_minterpolate,
 )
 from emuvideo.evaluation.stats import wilson_interval
 from emuvideo.evaluation.strict_judge import judge_video_strict, score_strict
-from emuvideo.pipelines.common import frames_to_output
-from emuvideo.pipelines.interpolation import window_starts
+from emuvideo.pipelines.common import decode_frames, encode_frames, frames_to_output
 
 IN_BETWEEN_SEED = 10_000  # clip i: random.Random(10_000 + i)
 KEYFRAME_SEED = 20_000  # clip i: random.Random(20_000 + i)
 MODEL = "model"
-METHODS = (MODEL, *BASELINES)  # model, linear blend, minterpolate, repetition
+CEILING = "autoencoder ceiling"  # the true frames through the VAE: the best any latent model can score
+METHODS = (MODEL, CEILING, *BASELINES)  # model, ceiling, linear blend, minterpolate, repetition
 KEYFRAME_FRAMES = 16
 GOOD_PSNR_DB = 30.0
 
@@ -73,10 +77,14 @@ def clip_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([seed, index]).generate_state(1)[0])
 
 
-def held_back_specs(n: int, offset: int, num_frames: int) -> list[ShapeSpec]:
-    """n clips of the shapes world, clip i drawn by `random.Random(offset + i)` (all colour x shape pairs), each
+def held_back_spec(offset: int, index: int, num_frames: int) -> ShapeSpec:
+    """Clip `index` of the shapes world, drawn by `random.Random(offset + index)` from all colour x shape pairs,
     fitting the frame for `num_frames` frames at 8 fps (and so at 8·f fps over (num_frames-1)·f + 1 frames)."""
-    return [sample_spec(random.Random(offset + i), num_frames, REFERENCE_FPS) for i in range(n)]
+    return sample_spec(random.Random(offset + index), num_frames, REFERENCE_FPS)
+
+
+def held_back_specs(n: int, offset: int, num_frames: int) -> list[ShapeSpec]:
+    return [held_back_spec(offset, i, num_frames) for i in range(n)]
 
 
 def caption_of(spec: ShapeSpec) -> str:
@@ -89,14 +97,14 @@ def render_dense(spec: ShapeSpec, num_keys: int, factor: int, size: int) -> np.n
 
 
 def interpolation_generators(interp, seeds: list[int], num_keys: int, factor: int) -> list[torch.Generator]:
-    """One CPU generator per (window, clip), window-major as `EmuInterpolationPipeline` lays out its batch, so that a
-    clip's noise depends on its seed alone, not on the batch it is in."""
-    windows = len(window_starts(num_keys, (interp.config.window - 1) // factor + 1))
-    return [torch.Generator().manual_seed(clip_seed(s, w)) for w in range(windows) for s in seeds]
+    """One CPU generator per clip (the pipeline draws all of a clip's windows from it), so that a clip's noise
+    depends on its seed alone, not on the batch it is in."""
+    return [torch.Generator().manual_seed(clip_seed(s, 0)) for s in seeds]
 
 
-def interpolate(interp, keys: list[np.ndarray], prompts: list[str], factor: int, steps: int, seeds: list[int]) -> np.ndarray:
-    """The model on a batch of key-frame clips `(K, H, W, 3)` uint8 at 8 fps -> `(B, (K-1)·factor + 1, H, W, 3)` uint8."""
+def interpolate(interp, keys: list[np.ndarray], prompts: list[str], factor: int, steps: int,
+                seeds: list[int]) -> np.ndarray:
+    """The model on B key-frame clips `(K, H, W, 3)` uint8 at 8 fps -> `(B, (K-1)·factor + 1, H, W, 3)` uint8."""
     gens = interpolation_generators(interp, seeds, len(keys[0]), factor)
     return interp(np.stack(keys), prompts, factor=factor, num_inference_steps=steps, generator=gens,
                   fps=REFERENCE_FPS, output_type="np").frames
@@ -132,28 +140,46 @@ def evaluate_in_between(interp, specs: list[ShapeSpec], factors: list[int], num_
             truths = [render_dense(spec, num_keys, factor, size) for spec in chunk]
             keys = [t[::factor] for t in truths]
             prompts = [caption_of(spec) for spec in chunk]
-            outputs = {m: [BASELINES[m](k, factor, REFERENCE_FPS) for k in keys] for m in methods if m != MODEL}
+            outputs = {m: [BASELINES[m](k, factor, REFERENCE_FPS) for k in keys] for m in methods if m in BASELINES}
             if MODEL in methods:
                 seeds = [clip_seed(seed, start + j) for j in range(len(chunk))]
                 outputs[MODEL] = list(interpolate(interp, keys, prompts, factor, steps, seeds))
+            if CEILING in methods:
+                outputs[CEILING] = [autoencoder_round_trip(interp.vae, t, factor) for t in truths]
             for j, (truth, prompt) in enumerate(zip(truths, prompts)):
-                row = {"clip": start + j, "factor": factor, "prompt": prompt}
+                row = {"clip": start + j, "factor": factor, "prompt": prompt, "speed": chunk[j].speed}
                 rows.append(row | {m: in_between_scores(outputs[m][j], truth, factor) for m in methods})
     summary = []
     for factor in factors:
         mine = [r for r in rows if r["factor"] == factor]
         for m in methods:
+            by_speed = {speed: [r[m]["psnr"] for r in mine if r["speed"] == speed] for speed in SPEEDS}
             summary.append({"factor": factor, "method": m, "n": len(mine),
-                            **{k: _mean_interval([r[m][k] for r in mine]) for k in ("psnr", "ssim")}})
+                            **{k: _mean_interval([r[m][k] for r in mine]) for k in ("psnr", "ssim")},
+                            "psnr_by_speed": {k: float(np.mean(v)) if v else None for k, v in by_speed.items()}})
     return {"rows": rows, "summary": summary}
 
 
+@torch.no_grad()
+def autoencoder_round_trip(vae, truth: np.ndarray, factor: int) -> np.ndarray:
+    """The true frames encoded and decoded by the model's VAE, the key frames kept as given (as the model's
+    output keeps them): what a perfect latent interpolator would score."""
+    x = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, T, H, W)
+    out = frames_to_output(decode_frames(vae, encode_frames(vae, x)), "np")[0]
+    out[::factor] = truth[::factor]
+    return out
+
+
 def in_between_table(summary: list[dict]) -> str:
-    lines = ["| factor | method | clips | in-between PSNR (dB) | in-between SSIM |", "|---|---|---|---|---|"]
+    """One row per (factor, method): PSNR and SSIM with their intervals, and PSNR on slow and on quick clips
+    (keys 1 px apart are nearly a blend; 2.5 px apart is where motion matters)."""
+    lines = ["| factor | method | clips | in-between PSNR (dB) | SSIM | PSNR slowly | PSNR quickly |",
+             "|---|---|---|---|---|---|---|"]
     for s in summary:
         p, q = s["psnr"], s["ssim"]
+        speeds = " | ".join("-" if v is None else f"{v:.2f}" for v in s["psnr_by_speed"].values())
         lines.append(f"| x{s['factor']} | {s['method']} | {s['n']} | {p['mean']:.2f} ({p['low']:.2f}-{p['high']:.2f}) "
-                     f"| {q['mean']:.4f} ({q['low']:.4f}-{q['high']:.4f}) |")
+                     f"| {q['mean']:.4f} ({q['low']:.4f}-{q['high']:.4f}) | {speeds} |")
     return "\n".join(lines)
 
 
@@ -175,15 +201,17 @@ def evaluate_keyframes(pipe, specs: list[ShapeSpec], steps: int, seed: int, batc
             outs[setting] = i2v(firsts, prompts, num_frames=num_frames, num_inference_steps=steps, generator=gens,
                                 fps=REFERENCE_FPS, output_type="np", **extra).frames
         for j, (first, last, prompt) in enumerate(zip(firsts, lasts, prompts)):
-            rows.append({"clip": start + j, "prompt": prompt, **{
-                setting: {"first": psnr(out[j][0], first), "last": psnr(out[j][-1], last)} for setting, out in outs.items()}})
+            scores = {setting: {"first": psnr(out[j][0], first), "last": psnr(out[j][-1], last)}
+                      for setting, out in outs.items()}
+            rows.append({"clip": start + j, "prompt": prompt, **scores})
     summary = {}
     for setting in ("first + last", "first only"):
         summary[setting] = {}
         for frame in ("first", "last"):
             values = [r[setting][frame] for r in rows]
+            good = _rate(sum(v >= GOOD_PSNR_DB for v in values), len(values))
             summary[setting][frame] = {"mean": float(np.mean(values)), "min": float(np.min(values)),
-                                       f"at_least_{GOOD_PSNR_DB:.0f}db": _rate(sum(v >= GOOD_PSNR_DB for v in values), len(values))}
+                                       f"at_least_{GOOD_PSNR_DB:.0f}db": good}
     return {"num_frames": num_frames, "rows": rows, "summary": summary}
 
 
@@ -230,7 +258,8 @@ def evaluate_verdicts(pipe, prompts: list[dict], steps: int, seed: int, batch_si
         after = interp(video.frames, texts, factor=factor, num_inference_steps=steps, generator=gens, fps=video.fps,
                        output_type="np")
         for target, b, a in zip(chunk, before, after.frames):
-            row = {"prompt": target["prompt"], "before": _verdict(b, video.fps, target), "after": _verdict(a, after.fps, target)}
+            row = {"prompt": target["prompt"], "before": _verdict(b, video.fps, target),
+                   "after": _verdict(a, after.fps, target)}
             row["unchanged"] = {f: row["before"][f] == row["after"][f] for f in VERDICT_FIELDS}
             row["unchanged"]["both"] = all(row["unchanged"].values())
             rows.append(row)
@@ -258,11 +287,13 @@ SCALE, LABEL_HEIGHT, GAP = 2, 14, 2
 
 
 def strip_panels(interp, spec: ShapeSpec, factor: int, num_keys: int, steps: int, seed: int) -> dict[str, np.ndarray]:
-    """{label: (N, H, W, 3) uint8} for one clip: the truth and what each method makes of its key frames."""
+    """{label: (N, H, W, 3) uint8} for one clip: the truth and what each method makes of its key frames (`seed`: the
+    clip's noise seed, so the model's panel is the in-between table's output for that clip)."""
     truth = render_dense(spec, num_keys, factor, interp.size)
     keys = truth[::factor]
-    model = interpolate(interp, [keys], [caption_of(spec)], factor, steps, [clip_seed(seed, 0)])[0]
-    made = (model, linear_blend(keys, factor), ffmpeg_minterpolate(keys, factor, REFERENCE_FPS), repeat_frames(keys, factor))
+    model = interpolate(interp, [keys], [caption_of(spec)], factor, steps, [seed])[0]
+    made = (model, linear_blend(keys, factor), ffmpeg_minterpolate(keys, factor, REFERENCE_FPS),
+            repeat_frames(keys, factor))
     return dict(zip(STRIP_LABELS, (truth, *made)))
 
 
@@ -287,7 +318,8 @@ def strip_video(panels: dict[str, np.ndarray], factor: int) -> np.ndarray:
     frames = []
     for i in range(n):
         row = _hstack([_labelled(v[i].repeat(SCALE, 0).repeat(SCALE, 1), k) for k, v in panels.items()])
-        counter = _labelled(np.zeros((0, row.shape[1], 3), np.uint8), f"frame {i}/{n - 1}" + ("  key" if i % factor == 0 else ""))
+        caption = f"frame {i}/{n - 1}" + ("  key" if i % factor == 0 else "")
+        counter = _labelled(np.zeros((0, row.shape[1], 3), np.uint8), caption)
         frames.append(np.concatenate([row, counter]))
     return np.stack(frames)
 
@@ -297,7 +329,8 @@ def filmstrip(panels: dict[str, np.ndarray], factor: int, intervals: int = 2) ->
     columns = range(min(intervals * factor + 1, len(next(iter(panels.values())))))
     rows = []
     for label, v in panels.items():
-        cells = [_labelled(v[i].repeat(SCALE, 0).repeat(SCALE, 1), f"{i}" + (" key" if i % factor == 0 else "")) for i in columns]
+        cells = [_labelled(v[i].repeat(SCALE, 0).repeat(SCALE, 1), f"{i}" + (" key" if i % factor == 0 else ""))
+                 for i in columns]
         name = _labelled(np.zeros((cells[0].shape[0] - LABEL_HEIGHT, 90, 3), np.uint8), label)
         rows.append(_hstack([name, *cells]))
     gap = np.full((GAP, rows[0].shape[1], 3), 80, np.uint8)
@@ -305,18 +338,21 @@ def filmstrip(panels: dict[str, np.ndarray], factor: int, intervals: int = 2) ->
 
 
 def write_strip(interp, path: str | Path, factor: int, num_keys: int, steps: int, seed: int, gif_fps: int) -> dict:
-    """The GIF strip at `path` and its filmstrip beside it (same name, .png), for held-back clip 0."""
+    """The GIF strip at `path` and its filmstrip beside it (same name, .png), for the first held-back clip that moves
+    quickly (at 1 px per 8 fps frame the methods look alike)."""
     from emuvideo.utils.files import atomic_path
     from emuvideo.utils.video import write_video
 
-    spec = held_back_specs(1, IN_BETWEEN_SEED, num_keys)[0]
-    panels = strip_panels(interp, spec, factor, num_keys, steps, seed)
+    index = 0
+    while (spec := held_back_spec(IN_BETWEEN_SEED, index, num_keys)).speed != "quickly":
+        index += 1
+    panels = strip_panels(interp, spec, factor, num_keys, steps, clip_seed(seed, index))
     gif = write_video(path, strip_video(panels, factor), gif_fps)
     png = gif.with_suffix(".png")
     with atomic_path(png) as tmp:
         PIL.Image.fromarray(filmstrip(panels, factor)).save(tmp, format="PNG")
-    return {"gif": str(gif), "png": str(png), "prompt": caption_of(spec), "factor": factor, "gif_fps": gif_fps,
-            "spec": dataclasses.asdict(spec)}
+    return {"gif": str(gif), "png": str(png), "clip": index, "prompt": caption_of(spec), "factor": factor,
+            "gif_fps": gif_fps, "spec": dataclasses.asdict(spec)}
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -333,7 +369,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--prompts-limit", type=int, help="only the first N of the 120 canonical prompts (0: skip)")
     parser.add_argument("--gif", default="docs/interpolation_strip.gif", help="the GIF strip (and a .png beside it)")
     parser.add_argument("--no-gif", action="store_true", help="write no strip")
-    parser.add_argument("--gif-fps", type=int, default=8, help="the strip's playback rate (8: slowed down factor times)")
+    parser.add_argument("--gif-fps", type=int, default=8, help="the strip's playback rate (8: slowed by the factor)")
     parser.add_argument("--json", help="write every number and per-clip row here")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -371,8 +407,8 @@ def run(args: argparse.Namespace, pipe) -> dict:
     if args.keyframe_clips:
         specs = held_back_specs(args.keyframe_clips, KEYFRAME_SEED, KEYFRAME_FRAMES)
         result["keyframes"] = evaluate_keyframes(pipe, specs, args.steps, args.seed, args.batch_size, progress=progress)
-        print(f"\nKeyframes, {args.keyframe_clips} clips of {KEYFRAME_FRAMES} frames: PSNR of the output's first and last "
-              f"frames against the given images:\n" + keyframe_table(result["keyframes"]["summary"]))
+        print(f"\nKeyframes, {args.keyframe_clips} clips of {KEYFRAME_FRAMES} frames: PSNR of the output's first and "
+              f"last frames against the given images:\n" + keyframe_table(result["keyframes"]["summary"]))
     prompts = canonical_prompts()[: args.prompts_limit]
     if prompts:
         result["verdicts"] = evaluate_verdicts(pipe, prompts, args.steps, args.seed, args.batch_size, progress=progress)

@@ -1,8 +1,9 @@
 """Regenerate the README's gallery in samples/ from the shipped default model.
 
 Usage: python scripts/make_samples.py [--model DIR] [--out samples]
-Writes one GIF per prompt (text -> image -> video, seed 0), one animation of a rendered first frame, and
-prints the markdown that the README embeds.
+Writes one GIF per prompt (text -> image -> video, seed 0), one animation of a rendered first frame, one
+first -> last video (the first and last frames of a rendered clip), the same generation at 8 fps and
+interpolated to 16 fps, and prints the markdown that the README embeds.
 """
 
 import argparse
@@ -24,6 +25,8 @@ PROMPTS = [
     "a white ball drifts to the left",  # a paraphrase
 ]
 ANIMATE = ("a blue square moving right quickly", dict(colour="blue", shape="square", direction="right", speed="quickly"))
+FIRST_LAST = ("a yellow circle moving up slowly", dict(colour="yellow", shape="circle", direction="up", speed="slowly"))
+INTERPOLATE = "a green triangle moving left quickly"
 
 
 def upscale(frames: np.ndarray, factor: int = 2) -> np.ndarray:
@@ -52,6 +55,18 @@ def main() -> None:
     video = pipe.image_to_video(first, prompt, generator=torch.Generator().manual_seed(0))
     path = write_video(out / "animate.gif", upscale(video.frames[0]), video.fps)
     print(f"{path}: animate, '{prompt}'")
+
+    prompt, spec_kwargs = FIRST_LAST  # the end points of a clip the world renders; the model makes the rest
+    clip = render_clip(sample_spec(random.Random(1), 16, 8, **spec_kwargs), 16, 8)
+    save_image(out / "first_last_input.png", upscale(np.concatenate([clip[0], clip[-1]], axis=1)[None])[0])
+    video = pipe.image_to_video(clip[0], prompt, last_image=clip[-1], generator=torch.Generator().manual_seed(0))
+    path = write_video(out / "first_last.gif", upscale(video.frames[0]), video.fps)
+    print(f"{path}: first -> last, '{prompt}'")
+
+    for factor in (None, 2):  # the same seed: the 8 fps clip, then its frame rate doubled
+        video = pipe(INTERPOLATE, generator=torch.Generator().manual_seed(0), interpolate=factor)
+        path = write_video(out / f"interpolate_{factor or 1}x.gif", upscale(video.frames[0]), video.fps)
+        print(f"{path}: '{INTERPOLATE}', {len(video.frames[0])} frames at {video.fps} fps")
     print("\n" + "".join(lines))
 
 

@@ -85,8 +85,8 @@ def events(monkeypatch, tiny_pipeline):
     """Make the CLI load the tiny pipeline; return the log of generate calls and file writes, in order."""
     log = []
 
-    def load(model=None, device="cpu", dtype=None, **options):  # variant, allow_pickle: off by default
-        assert model is None and device == "cpu" and not any(options.values())
+    def load(model=None, device="cpu", dtype=None, attention=None, **options):  # variant, allow_pickle, sampler: off
+        assert model is None and device == "cpu" and attention == "auto" and not any(options.values())
         return RecordingPipeline(tiny_pipeline, log)
 
     real_write = video_io.write_video
@@ -155,7 +155,8 @@ def test_info_names_the_default_model_and_attention_backend(capsys):
     assert main(["info"]) == 0
     lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
     assert str(loading.default_model_dir()) in lines["default model"]
-    assert lines["attention"].strip() in ("torch SDPA", "xformers")
+    active, available = lines["attention"].split()[0], lines["attention"].split(": ", 1)[1]
+    assert active in ("sdpa", "xformers") and available.startswith("sdpa, math")
 
 
 # ---------------------------------------------------------------------------------------------- bad input

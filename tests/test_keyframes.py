@@ -166,6 +166,11 @@ def test_interpolation_keeps_key_frames_and_multiplies_the_frame_count(tiny_pipe
         frames = out.frames[0]
         assert frames.shape == ((7 - 1) * factor + 1, SIZE, SIZE, 3) and out.fps == 8 * factor
         assert np.array_equal(frames[::factor], video)  # the key frames, exactly as given
+    # a list of generators, one per video, gives each video the noise it gets alone
+    both = pipe(np.stack([video, video[::-1]]), "x", factor=2, num_inference_steps=1,
+                generator=[_gen(0), _gen(1)]).frames
+    alone = pipe(video[::-1], "x", factor=2, num_inference_steps=1, generator=_gen(1)).frames
+    assert np.array_equal(both[1], alone[0])
     with pytest.raises(ValueError, match="factor must be one of"):
         pipe(video, factor=3)
     with pytest.raises(ValueError, match="works on 16x16 clips, got 8x8"):

@@ -170,6 +170,7 @@ def evaluate_pipeline(
     num_inference_steps: int | None = None,
     progress: bool = True,
     meta: dict | None = None,
+    image_num_inference_steps: int | None = None,
 ) -> EvalReport:
     """Generate every prompt with seeds 0 .. `seeds` - 1 and judge each video.
 
@@ -178,16 +179,20 @@ def evaluate_pipeline(
         prompts: from `prompt_sets.load_prompt_set`.
         seeds: noise draws per prompt.
         batch_size: videos per pipeline call.
-        num_inference_steps: sampler steps of both stages (default: the pipeline's).
+        num_inference_steps: sampler steps of the video stage, and of the image stage unless
+            `image_num_inference_steps` is given (default: the pipeline's).
+        image_num_inference_steps: sampler steps of the image stage.
         meta: recorded in the report as is (model, prompt set, ...), beside the settings of this call.
     """
     _check_count("seeds", seeds)
     _check_count("batch_size", batch_size)
-    if num_inference_steps is not None:
-        _check_count("num_inference_steps", num_inference_steps)
+    for name, value in (("num_inference_steps", num_inference_steps), ("image_num_inference_steps", image_num_inference_steps)):
+        if value is not None:
+            _check_count(name, value)
     if not prompts:
         raise ValueError("no prompt to evaluate")
-    sampling = {} if num_inference_steps is None else {"num_inference_steps": num_inference_steps}
+    sampling = {k: v for k, v in (("num_inference_steps", num_inference_steps),
+                                  ("image_num_inference_steps", image_num_inference_steps)) if v is not None}
     jobs = [(p, seed) for seed in range(seeds) for p in prompts]
     start = time.perf_counter()
     report = EvalReport()
@@ -197,6 +202,9 @@ def evaluate_pipeline(
         **(meta or {}),
         "prompts": len(prompts), "seeds": seeds, "videos": len(jobs), "batch_size": batch_size,
         "num_inference_steps": num_inference_steps or inspect.signature(pipe.__call__).parameters["num_inference_steps"].default,
+        "image_num_inference_steps": image_num_inference_steps,
+        "schedulers": {name: type(getattr(pipe, name)).__name__ for name in ("image_scheduler", "scheduler")
+                       if hasattr(pipe, name)},
         "device": str(pipe.device),
         "torch": torch.__version__, "seconds": round(time.perf_counter() - start, 1),
     }

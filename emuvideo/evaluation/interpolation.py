@@ -28,9 +28,9 @@ PSNR_CAP_DB = 100.0  # identical frames: the MSE is floored at 255² · 1e-10, s
 SSIM_WINDOW, SSIM_SIGMA, SSIM_K1, SSIM_K2 = 11, 1.5, 0.01, 0.03
 LUMA = (0.299, 0.587, 0.114)  # ITU-R BT.601, as Wang et al.'s ssim_index is run on greyscale images
 # minterpolate's motion-compensated mode (`mi_mode=mci`) with adaptive overlapped block motion compensation,
-# bidirectional motion estimation and variable-size block MC: FFmpeg's best-quality settings.
+# bidirectional motion estimation and variable-size block MC (the settings usually given for its best quality).
 MINTERPOLATE_OPTIONS = "mi_mode=mci:mc_mode=aobmc:me_mode=bidir:vsbmc=1"
-MINTERPOLATE_MIN_SIZE = 32  # two of its 16 px blocks; measured: FFmpeg 7 (PyAV 18) fails to configure below
+MINTERPOLATE_MIN_SIZE = 32  # measured with FFmpeg 8.1 (PyAV 18): smaller frames fail to configure the filter
 
 
 def _check_pair(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -134,7 +134,8 @@ def ffmpeg_minterpolate(keys: np.ndarray, factor: int, fps: int, options: str = 
         raise ValueError(f"fps must be an integer >= 1, got {fps!r}")
     t, h, w, _ = keys.shape
     if h < MINTERPOLATE_MIN_SIZE or w < MINTERPOLATE_MIN_SIZE:  # FFmpeg refuses the graph with a bare EINVAL
-        raise ValueError(f"minterpolate needs frames of at least {MINTERPOLATE_MIN_SIZE}x{MINTERPOLATE_MIN_SIZE} px, got {w}x{h}")
+        side = MINTERPOLATE_MIN_SIZE
+        raise ValueError(f"minterpolate needs frames of at least {side}x{side} px, got {w}x{h}")
     time_base = Fraction(1, fps)
     graph = av.filter.Graph()
     nodes = [
@@ -167,7 +168,8 @@ def ffmpeg_minterpolate(keys: np.ndarray, factor: int, fps: int, options: str = 
     total = (t - 1) * factor + 1
     pts = [f.pts for f in out[:total]]
     if pts != list(range(total)) or any(f.time_base != Fraction(1, fps * factor) for f in out[:total]):
-        raise RuntimeError(f"minterpolate returned frames at pts {pts[:8]}... (time base {out[0].time_base if out else None}); "
+        base = out[0].time_base if out else None
+        raise RuntimeError(f"minterpolate returned frames at pts {pts[:8]}... (time base {base}); "
                            f"expected 0..{total - 1} in 1/{fps * factor}")
     return np.stack([f.to_ndarray(format="rgb24") for f in out[:total]])
 

@@ -3,6 +3,7 @@ preprocessing, and turning decoded frames into the requested `output_type`."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 
@@ -20,6 +21,12 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 class NonFiniteOutputError(ValueError):
     """The model produced NaN or infinite values (its weights, or a too-large guidance, are broken)."""
+
+
+def step_kwargs(scheduler, generator) -> dict:
+    """`generator=` for `scheduler.step` when it takes one (DDIM, Euler do; UniPC does not), as diffusers'
+    `prepare_extra_step_kwargs`."""
+    return {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
 
 
 def check_output_type(output_type: str) -> None:

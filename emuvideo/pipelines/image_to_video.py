@@ -25,6 +25,7 @@ from .common import (
     encode_prompt,
     frames_to_output,
     preprocess_image,
+    step_kwargs,
     to_uint8,
     vae_scale_factor,
     warn_untrained_shape,
@@ -183,7 +184,7 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
             out = self.unet(x, t, text_3, conditioning=cond_3, conditioning_mask=mask_3).sample
             x_none, x_image, x_full = out.chunk(3)
             guided = x_none + guidance_image * (x_image - x_none) + guidance_text * (x_full - x_image)
-            latents = self.scheduler.step(guided, t, latents, generator=generator).prev_sample
+            latents = self.scheduler.step(guided, t, latents, **step_kwargs(self.scheduler, generator)).prev_sample
             if pin_known_frames:  # the known frames, noised to the level the next step expects
                 if i + 1 < len(timesteps):
                     target = self.scheduler.add_noise(conditioning.to(dtype), pin_noise, timesteps[i + 1 : i + 2])

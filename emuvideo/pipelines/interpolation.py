@@ -98,8 +98,9 @@ class EmuInterpolationPipeline(DiffusionPipeline):
             factor: frame-rate multiplier, one of `config.factors`.
             num_inference_steps: sampler steps.
             guidance_text: classifier-free guidance on the prompt (1.0: none, one U-Net pass per step).
-            generator: for reproducible noise.
-            latents: `(B·W, C, window_frames, h, w)` starting noise for the W windows, instead of `generator`.
+            generator: for reproducible noise (or a list, one per video).
+            latents: `(W·B, C, window_frames, h, w)` starting noise for the W windows (window-major), instead
+                of `generator`.
             fps: the key frames' rate; the output's is `fps * factor` (returned in `fps`).
             output_type: "np", "pil", "pt" or "latent" (latents are per window, not joined).
             return_dict: False returns `(frames,)`.
@@ -135,6 +136,10 @@ class EmuInterpolationPipeline(DiffusionPipeline):
         known = torch.zeros(frames_per_window, dtype=torch.bool, device=device)
         known[at] = True
         clean, mask = known_frames_conditioning(video, known)
+        if isinstance(generator, list):  # one per video: each of its windows draws from it, window-major
+            if len(generator) != b:
+                raise ValueError(f"got {len(generator)} generators for {b} videos; pass one per video")
+            generator = generator * len(starts)
         # the key frames noise-augmented to a fixed level (paper: t = 100 at inference, U[0, 250] in training)
         t_aug = torch.full((clean.shape[0],), self.config.noise_aug_t, device=device, dtype=torch.long)
         aug_noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype)
@@ -202,7 +207,7 @@ class EmuInterpolationPipeline(DiffusionPipeline):
         if isinstance(video, np.ndarray):
             if video.dtype != np.uint8 or video.ndim not in (4, 5) or video.shape[-1] != 3:
                 raise ValueError(f"video must be uint8 (T, H, W, 3) or (B, T, H, W, 3), got {video.dtype} {video.shape}")
-            x = torch.from_numpy(video if video.ndim == 5 else video[None]).float() / 127.5 - 1
+            x = torch.from_numpy(np.ascontiguousarray(video if video.ndim == 5 else video[None])).float() / 127.5 - 1
             video = rearrange(x, "b t h w c -> b c t h w")
         if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
             shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__

@@ -30,10 +30,11 @@ from diffusers.utils import logging as diffusers_logging
 from transformers import AutoModel, AutoTokenizer
 from transformers.utils import logging as transformers_logging
 
+from ..models.attention import resolve_attention
 from ..models.presets import build_unet2d, build_vae, get_preset
 from ..models.text_encoder import load_minilm
 from ..models.video_unet import EmuVideoUNet
-from ..schedules import make_sample_scheduler
+from ..schedules import make_sample_scheduler, make_sampler
 from .common import register_with_diffusers
 from .image_to_video import EmuImageToVideoPipeline
 from .text_to_image import EmuTextToImagePipeline
@@ -64,6 +65,8 @@ def load_pipeline(
     dtype: torch.dtype = torch.float32,
     variant: str | None = None,
     allow_pickle: bool = False,
+    sampler: str | None = None,
+    attention: str | None = None,
 ) -> EmuVideoPipeline:
     """Load an `EmuVideoPipeline` from the default, a local folder or a Hub id (see module docstring).
 
@@ -71,7 +74,13 @@ def load_pipeline(
     `allow_pickle`: load a folder whose weights are pickle files (`.bin`, `.pt`, `.ckpt`), through
     `torch.load(weights_only=True)` (diffusers' and transformers' own); without it such a folder is refused
     (`check_no_pickle`), as unpickling can run code.
+    `sampler`: both stages' sampler (`EmuVideoPipeline.set_sampler`; default: the model's schedulers).
+    `attention`: the attention backend (`EmuVideoPipeline.set_attention`; default: diffusers' own, sdpa).
     """
+    if sampler is not None:  # bad names fail before the weights are read
+        make_sampler(sampler)
+    if attention is not None:
+        resolve_attention(attention, device)
     if model is None:
         if (DEFAULT_MODEL_DIR / "model_index.json").is_file():
             check_model_folder(DEFAULT_MODEL_DIR, variant)
@@ -86,6 +95,10 @@ def load_pipeline(
     else:
         pipe = _load_named(str(model), variant, allow_pickle)
     pipe.to(device)
+    if sampler is not None:
+        pipe.set_sampler(sampler)
+    if attention is not None:
+        pipe.set_attention(attention)
     return pipe if dtype == torch.float32 else pipe.to(dtype=dtype)
 
 

@@ -20,6 +20,7 @@ from .common import (
     decode_frames,
     encode_prompt,
     frames_to_output,
+    step_kwargs,
     vae_scale_factor,
     warn_untrained_shape,
 )
@@ -103,7 +104,7 @@ class EmuTextToImagePipeline(DiffusionPipeline):
             x = self.scheduler.scale_model_input(torch.cat([latents] * 2), t)
             uncond, cond = self.unet(x, t, encoder_hidden_states=text).sample.chunk(2)
             noise_pred = uncond + guidance_scale * (cond - uncond)
-            latents = self.scheduler.step(noise_pred, t, latents, generator=generator).prev_sample
+            latents = self.scheduler.step(noise_pred, t, latents, **step_kwargs(self.scheduler, generator)).prev_sample
 
         # 5. decode
         check_finite(latents, "the image latents")

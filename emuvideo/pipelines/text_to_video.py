@@ -6,7 +6,9 @@ import torch
 from diffusers import AutoencoderKL, DiffusionPipeline, SchedulerMixin, UNet2DConditionModel
 
 from ..loaders.lora_pipeline import EmuVideoLoraLoaderMixin
+from ..models.attention import set_attention
 from ..models.video_unet import EmuVideoUNet
+from ..schedules import make_sampler, sampler_name
 from .common import check_output_type
 from .image_to_video import EmuImageToVideoPipeline, EmuVideoPipelineOutput
 from .interpolation import EmuInterpolationPipeline
@@ -29,6 +31,10 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
 
     LoRAs: `load_lora_weights` (video U-Net), `load_image_lora_weights` (image U-Net, any Stable Diffusion
     LoRA), `set_adapters`, `fuse_lora` (see `emuvideo.loaders.lora_pipeline`).
+
+    Samplers: `set_sampler("dpm++")`, or as in diffusers, `pipe.scheduler = DPMSolverMultistepScheduler.from_config(
+    pipe.scheduler.config)` (the video stage; `pipe.image_scheduler` is the image stage's). Attention kernels:
+    `set_attention("math")`.
     """
 
     model_cpu_offload_seq = "text_encoder->image_unet->unet->interpolation_unet->vae"
@@ -67,6 +73,25 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
             interpolation={**INTERPOLATION_DEFAULTS, **(interpolation or {})},
         )
 
+    def set_sampler(self, name: str, stage: str = "both") -> None:
+        """Sample with `name`, a key of `emuvideo.schedules.SAMPLERS` ("ddim", "dpm++", "unipc", "euler").
+
+        stage: "both", "video" (the video stage and interpolation: `scheduler`) or "image" (`image_scheduler`).
+        Each new sampler keeps its stage's schedule (β, prediction type, zero terminal SNR; `make_sampler`).
+        """
+        if stage not in ("both", "video", "image"):
+            raise ValueError(f"stage must be 'both', 'video' or 'image', got {stage!r}")
+        if stage in ("both", "video"):
+            self.scheduler = make_sampler(name, self.scheduler.config)
+        if stage in ("both", "image"):
+            self.image_scheduler = make_sampler(name, self.image_scheduler.config)
+
+    def set_attention(self, backend: str) -> str:
+        """Every U-Net's and the VAE's attention layers on `backend` ("auto", "sdpa", "xformers", "math"; see
+        `emuvideo.models.attention`); returns the backend in use. The text encoder keeps its own."""
+        models = [m for m in (self.image_unet, self.unet, self.interpolation_unet, self.vae) if m is not None]
+        return [set_attention(m, backend, self._execution_device) for m in models][0]
+
     @property
     def text_to_image(self) -> EmuTextToImagePipeline:
         pipe = EmuTextToImagePipeline(self.vae, self.text_encoder, self.tokenizer, self.image_unet, self.image_scheduler)
@@ -91,6 +116,11 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
     def interpolation(self) -> EmuInterpolationPipeline:
         if self.interpolation_unet is None:
             raise ValueError("this model has no interpolation_unet (train one with configs/stages/07_interpolation.yaml)")
+        if sampler_name(self.scheduler) != "ddim":
+            # its key frames are noise-augmented with the scheduler's add_noise at a fixed t, which only the
+            # DDPM-space samplers (DDIM) define for any t; the others look t up in their own schedule
+            raise ValueError(f"interpolation samples with ddim only, got {type(self.scheduler).__name__}; "
+                             "set_sampler(name, stage='image') leaves the video stage on ddim")
         pipe = EmuInterpolationPipeline(
             self.vae,
             self.text_encoder,

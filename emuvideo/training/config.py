@@ -144,7 +144,9 @@ class TrainConfig:
     max_minutes: float | None = None
     mixed_precision: Literal["no", "fp16", "bf16"] = "no"
     gradient_checkpointing: bool = False
-    attention: Literal["sdpa", "xformers"] = "sdpa"
+    # attention kernels (emuvideo.models.attention): auto = xformers on CUDA when installed, else sdpa;
+    # math = plain matmul + softmax (the reference); xformers where it cannot run is an error
+    attention: Literal["auto", "sdpa", "xformers", "math"] = "sdpa"
     checkpoint_every: int = 250  # optimizer steps between checkpoints (>= 1; the last step is always saved)
     keep_last: int = 2
     sample_every: int = 500  # optimizer steps between samples; 0: never

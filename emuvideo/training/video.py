@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import importlib.util
 import json
 import logging
 from dataclasses import dataclass, replace
@@ -31,6 +30,7 @@ from safetensors.torch import load_file
 from ..config import load_config
 from ..data.cache import LatentCache
 from ..data.sources import CAPTIONS_PER_STEP, collate, process_state, training_data
+from ..models.attention import set_attention
 from ..pipelines.common import encode_frames
 from ..schedules import make_sample_scheduler, make_train_scheduler
 from .config import TrainConfig
@@ -181,23 +181,6 @@ def prepare_unet(unet, cfg: TrainConfig, device, base_model: str | None = None, 
     set_attention(unet, cfg.attention, device)
     trainable, total = unet.num_parameters(only_trainable=True), unet.num_parameters()
     logger.info("training %s of %s U-Net parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
-
-
-def set_attention(unet, backend: str, device) -> str:
-    """xformers when asked for, installed and on CUDA; otherwise torch SDPA. Returns the one in use."""
-    if backend == "xformers":
-        if torch.device(device).type != "cuda":
-            reason = "it needs a CUDA device"
-        elif importlib.util.find_spec("xformers") is None:
-            reason = "it is not installed (pip install xformers)"
-        else:
-            unet.enable_xformers_memory_efficient_attention()
-            logger.info("attention: xformers")
-            return "xformers"
-        logger.warning("attention: torch SDPA (attention: xformers was asked for, but %s)", reason)
-        return "sdpa"
-    logger.info("attention: torch SDPA")
-    return "sdpa"
 
 
 def export_unet(trained, base_unet):
