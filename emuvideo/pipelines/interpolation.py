@@ -27,6 +27,7 @@ from .common import (
     encode_frames,
     encode_prompt,
     frames_to_output,
+    step_kwargs,
     vae_scale_factor,
 )
 from .image_to_video import EmuVideoPipelineOutput
@@ -171,7 +172,7 @@ class EmuInterpolationPipeline(DiffusionPipeline):
             if guided:
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance_text * (cond - uncond)
-            latents = self.scheduler.step(out, step_t, latents, generator=generator).prev_sample
+            latents = self.scheduler.step(out, step_t, latents, **step_kwargs(self.scheduler, generator)).prev_sample
             # the key frames: their clean latents noised to the next step's level (clean after the last)
             if i + 1 < len(timesteps):
                 target = self.scheduler.add_noise(clean.to(dtype), pin_noise, timesteps[i + 1 : i + 2])
