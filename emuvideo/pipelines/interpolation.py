@@ -57,6 +57,7 @@ class EmuInterpolationPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
 
+    # Copied from emuvideo.pipelines.image_to_video.EmuImageToVideoPipeline.__init__ (components), with its own config
     def __init__(
         self,
         vae: AutoencoderKL,
@@ -165,7 +166,7 @@ class EmuInterpolationPipeline(DiffusionPipeline):
         pin = mask.to(dtype).expand_as(latents)
         pin_noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=dtype)
 
-        # 5. denoise (the loop of EmuImageToVideoPipeline, with one or two terms instead of three)
+        # 5. denoise. Copied from EmuImageToVideoPipeline.__call__ step 5, with one or two guidance terms instead of three
         for i, step_t in enumerate(self.progress_bar(timesteps)):
             x = self.scheduler.scale_model_input(torch.cat([latents] * (2 if guided else 1)), step_t)
             out = self.unet(x, step_t, text_in, conditioning=cond_in, conditioning_mask=mask_in).sample
