@@ -189,3 +189,13 @@ def check_size(height: int, width: int, multiple: int) -> None:
     for name, value in (("height", height), ("width", width)):
         if not isinstance(value, int) or value < multiple or value % multiple:
             raise ValueError(f"{name} must be a positive multiple of {multiple} for this model, got {value}")
+
+
+def pin_known_frames(scheduler, latents, clean, pin, noise, timesteps, i: int):
+    """Put the known frames back after step `i`: their clean latents noised to the level the next step
+    expects (clean after the last step), so the video passes through them. `pin` is 1 at known frames."""
+    if i + 1 < len(timesteps):
+        target = scheduler.add_noise(clean.to(latents.dtype), noise, timesteps[i + 1 : i + 2])
+    else:
+        target = clean.to(latents.dtype)
+    return pin * target + (1 - pin) * latents

@@ -24,6 +24,7 @@ from .common import (
     encode_frames,
     encode_prompt,
     frames_to_output,
+    pin_known_frames as pin_frames,
     preprocess_image,
     step_kwargs,
     to_uint8,
@@ -185,12 +186,8 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
             x_none, x_image, x_full = out.chunk(3)
             guided = x_none + guidance_image * (x_image - x_none) + guidance_text * (x_full - x_image)
             latents = self.scheduler.step(guided, t, latents, **step_kwargs(self.scheduler, generator)).prev_sample
-            if pin_known_frames:  # the known frames, noised to the level the next step expects
-                if i + 1 < len(timesteps):
-                    target = self.scheduler.add_noise(conditioning.to(dtype), pin_noise, timesteps[i + 1 : i + 2])
-                else:
-                    target = conditioning.to(dtype)
-                latents = pin * target + (1 - pin) * latents
+            if pin_known_frames:
+                latents = pin_frames(self.scheduler, latents, conditioning, pin, pin_noise, timesteps, i)
 
         # 6. decode
         check_finite(latents, "the video latents")

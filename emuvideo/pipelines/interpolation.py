@@ -27,6 +27,7 @@ from .common import (
     encode_frames,
     encode_prompt,
     frames_to_output,
+    pin_known_frames,
     step_kwargs,
     vae_scale_factor,
 )
@@ -174,12 +175,7 @@ class EmuInterpolationPipeline(DiffusionPipeline):
                 uncond, cond = out.chunk(2)
                 out = uncond + guidance_text * (cond - uncond)
             latents = self.scheduler.step(out, step_t, latents, **step_kwargs(self.scheduler, generator)).prev_sample
-            # the key frames: their clean latents noised to the next step's level (clean after the last)
-            if i + 1 < len(timesteps):
-                target = self.scheduler.add_noise(clean.to(dtype), pin_noise, timesteps[i + 1 : i + 2])
-            else:
-                target = clean.to(dtype)
-            latents = pin * target + (1 - pin) * latents
+            latents = pin_known_frames(self.scheduler, latents, clean, pin, pin_noise, timesteps, i)  # the key frames
 
         # 6. decode, join the windows (overlap trimmed), put the key frames back exactly as given
         check_finite(latents, "the interpolated latents")
