@@ -7,6 +7,7 @@ import torch
 
 from emuvideo.data.shapes import (
     COLOURS,
+    DIAGONALS,
     DIRECTIONS,
     FRAME_SIZE,
     IMAGE_PAIRS,
@@ -187,6 +188,8 @@ def test_canonical_prompts():
         ("a yellow square travels up quickly", ("yellow", "square", "up", "quickly")),
         ("a white triangle moves down", ("white", "triangle", "down", None)),
         ("a blue circle moving to the right", ("blue", "circle", "right", None)),
+        ("a red circle moving up-left slowly", ("red", "circle", "up-left", "slowly")),
+        ("a green box drifting down and to the right fast", ("green", "square", "down-right", "quickly")),
     ],
 )
 def test_parse_caption_synonyms(text, expected):
@@ -288,3 +291,19 @@ def test_first_frame_stills_open_their_clip_and_leave_room_for_its_motion():
     assert tops and max(tops) < 32
     with pytest.raises(ValueError, match="render_frames"):
         ShapesDataset("image", 16, 8, 4, render_frames=17)
+
+
+@pytest.mark.parametrize("direction", DIAGONALS)
+def test_diagonal_clips_move_along_the_diagonal_at_the_asked_speed_and_stay_inside(direction):
+    rng = random.Random(direction)
+    for speed in SPEEDS:
+        for _ in range(20):
+            spec = sample_spec(rng, 16, REFERENCE_FPS, direction=direction, speed=speed)
+            centres = centre_trajectory(spec, 16, REFERENCE_FPS)
+            half = spec.size / 2
+            assert (centres - half >= 0).all() and (centres + half <= FRAME_SIZE).all()
+            step = np.diff(centres, axis=0)
+            assert np.linalg.norm(step, axis=1) == pytest.approx(np.full(15, SPEEDS[speed]))
+            assert np.sign(step[0]).tolist() == [1 if "right" in direction else -1, 1 if "down" in direction else -1]
+    # The data sets never draw a diagonal: it is new to every model trained on the world.
+    assert {sample_spec(rng, 16, REFERENCE_FPS).direction for _ in range(200)} == set(DIRECTIONS)

@@ -6,7 +6,16 @@ import random
 import numpy as np
 import pytest
 
-from emuvideo.data.shapes import SPEEDS, ShapeSpec, canonical_prompts, parse_caption, render_clip, sample_spec
+from emuvideo.data.shapes import (
+    DIAGONALS,
+    SPEEDS,
+    ShapeSpec,
+    canonical_caption,
+    canonical_prompts,
+    parse_caption,
+    render_clip,
+    sample_spec,
+)
 from emuvideo.evaluation.judge import judge_video, score
 from emuvideo.evaluation.strict_judge import (
     MAX_ANGLE_DEGREES,
@@ -224,3 +233,33 @@ def test_input_validation():
         judge_video_strict(np.zeros((4, 64, 64, 3), dtype=np.uint8), 0)
     with pytest.raises(ValueError, match="missing"):
         score_strict(judge_video_strict(np.zeros((4, 64, 64, 3), dtype=np.uint8), FPS), {"colour": "red"})
+
+
+# ---------------------------------------------------------------------------------------------- diagonal prompts
+# Diagonal motion is the new concept of scripts/qlora_claim.py: the world renders it, the data sets never draw it.
+@pytest.mark.parametrize("degradation", ["clean", "blur1.5+noise20"])
+def test_rendered_diagonal_clips_are_right_for_their_diagonal_and_wrong_for_an_axis(degradation):
+    rng, noise_rng = random.Random(f"diagonal-{degradation}"), np.random.default_rng(7)
+    right = 0
+    for i in range(48):
+        direction, speed = DIAGONALS[i % 4], ("slowly", "quickly")[i // 4 % 2]
+        spec = sample_spec(rng, NUM_FRAMES, FPS, direction=direction, speed=speed)
+        frames = DEGRADATIONS[degradation](render_clip(spec, NUM_FRAMES, FPS), noise_rng)
+        j = judge_video_strict(frames, FPS)
+        target = parse_caption(canonical_caption(spec.colour, spec.shape, direction, speed))
+        assert target["direction"] == direction
+        right += score_strict(j, target)["all"]
+        for axis in direction.split("-"):  # never right for either of the axes it mixes
+            assert not score_strict(j, {**target, "direction": axis})["direction"]
+    assert right == 48
+
+
+def test_axis_verdicts_do_not_change_with_the_diagonals():
+    """A path 20 degrees off the right axis is wrong for "right" (> 15 degrees) and, 25 degrees from the
+    down-right diagonal, wrong for it too."""
+    angle = np.radians(20.0)
+    frames = render_path(12 + np.cos(angle) * 2.5 * T, 12 + np.sin(angle) * 2.5 * T)
+    j = judge_video_strict(frames, FPS)
+    assert j.direction is None
+    assert not score_strict(j, QUICK_RIGHT)["direction"]
+    assert not score_strict(j, {**QUICK_RIGHT, "direction": "down-right"})["direction"]

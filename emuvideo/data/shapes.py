@@ -41,6 +41,9 @@ COLOURS: dict[str, tuple[int, int, int]] = {
 }
 SHAPES = ("circle", "square", "triangle")
 DIRECTIONS = ("left", "right", "up", "down")
+# Diagonal motion is not in the world's training data: it is the new concept that fine-tuning experiments
+# teach (scripts/qlora_claim.py). Clips and captions can be made with it; the data sets never draw it.
+DIAGONALS = ("up-left", "up-right", "down-left", "down-right")
 SPEEDS = {"slowly": 1.0, "quickly": 2.5}  # px per frame at REFERENCE_FPS
 REFERENCE_FPS = 8
 FRAME_SIZE = 64
@@ -53,6 +56,11 @@ VIDEO_PAIRS: tuple[tuple[str, str], ...] = tuple(p for p in IMAGE_PAIRS if p not
 
 # Unit vectors in image coordinates (y grows downward, so "up" is negative y).
 _DIRECTION_VECTORS = {"left": (-1.0, 0.0), "right": (1.0, 0.0), "up": (0.0, -1.0), "down": (0.0, 1.0)}
+_DIRECTION_VECTORS.update({  # unit vectors: a diagonal object moves `speed` px per frame along its path
+    d: tuple(float(a + b) / np.sqrt(2.0) for a, b in zip(_DIRECTION_VECTORS[d.split("-")[0]],
+                                                          _DIRECTION_VECTORS[d.split("-")[1]]))
+    for d in DIAGONALS
+})
 
 # Anti-aliasing: each pixel row is cut into this many horizontal bands; within a band the object
 # (convex) covers one x-interval whose overlap with each pixel is computed exactly, and a band only
@@ -85,7 +93,7 @@ class ShapeSpec:
     def __post_init__(self):
         _check_choice("colour", self.colour, COLOURS)
         _check_choice("shape", self.shape, SHAPES)
-        _check_choice("direction", self.direction, DIRECTIONS)
+        _check_choice("direction", self.direction, DIRECTIONS + DIAGONALS)
         _check_choice("speed", self.speed, SPEEDS)
         if self.size <= 0:
             raise ValueError(f"size must be > 0, got {self.size}")
@@ -124,6 +132,7 @@ _DIRECTION_PHRASES = {
     "right": ("right", "to the right"),
     "up": ("up", "upwards"),
     "down": ("down", "downwards"),
+    **{d: (d, f"{d.split('-')[0]} and to the {d.split('-')[1]}") for d in DIAGONALS},
 }
 _SPEED_ADVERBS = {"slowly": ("slowly",), "quickly": ("quickly", "fast")}
 _SPEED_ADJECTIVES = {"slowly": ("slow",), "quickly": ("fast", "quick")}
@@ -148,7 +157,7 @@ def canonical_caption(colour: str, shape: str, direction: str, speed: str) -> st
     """The canonical prompt, e.g. "a red circle moving left slowly"."""
     _check_choice("colour", colour, COLOURS)
     _check_choice("shape", shape, SHAPES)
-    _check_choice("direction", direction, DIRECTIONS)
+    _check_choice("direction", direction, DIRECTIONS + DIAGONALS)
     _check_choice("speed", speed, SPEEDS)
     return f"a {colour} {shape} moving {direction} {speed}"
 
@@ -180,7 +189,8 @@ def parse_caption(text: str) -> Optional[dict]:
     "to the left", "upwards", fast/slow, ...). Case and punctuation are ignored.
 
     Returns:
-        `{"colour", "shape", "direction", "speed"}` with canonical values, `speed` None when the
+        `{"colour", "shape", "direction", "speed"}` with canonical values ("up" with "left" is the diagonal
+        "up-left", `DIAGONALS`), `speed` None when the
         caption does not say; or None when colour, shape or direction is missing, or when a caption
         names two different values of one attribute (e.g. "a red and blue circle").
     """
@@ -188,6 +198,10 @@ def parse_caption(text: str) -> Optional[dict]:
     found = {}
     for attribute, vocabulary in _WORD_TO_VALUE.items():
         values = {vocabulary[w] for w in words if w in vocabulary}
+        if attribute == "direction" and len(values) == 2:  # "up-left", "down and to the right": a diagonal
+            vertical, horizontal = values & {"up", "down"}, values & {"left", "right"}
+            if vertical and horizontal:
+                values = {f"{vertical.pop()}-{horizontal.pop()}"}
         if len(values) > 1:
             return None
         found[attribute] = values.pop() if values else None
@@ -245,7 +259,7 @@ def sample_spec(
     colour, shape = rng.choice(candidates)
     direction = rng.choice(DIRECTIONS) if direction is None else direction
     speed = rng.choice(list(SPEEDS)) if speed is None else speed
-    _check_choice("direction", direction, DIRECTIONS)
+    _check_choice("direction", direction, DIRECTIONS + DIAGONALS)
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
 
@@ -263,8 +277,8 @@ def sample_spec(
     # Along the motion axis the start must leave room for the whole travel; across it, any
     # position that keeps the object inside.
     dx, dy = _DIRECTION_VECTORS[direction]
-    x = _uniform_start(rng, half, travel if dx else 0.0, backwards=dx < 0)
-    y = _uniform_start(rng, half, travel if dy else 0.0, backwards=dy < 0)
+    x = _uniform_start(rng, half, travel * abs(dx), backwards=dx < 0)
+    y = _uniform_start(rng, half, travel * abs(dy), backwards=dy < 0)
     return ShapeSpec(colour, shape, direction, speed, size, x, y)
 
 

@@ -25,4 +25,36 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     return (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)
 
 
-__all__ = ["Z_95", "wilson_interval"]
+def pairwise_wins(scores_a, scores_b) -> list[float]:
+    """Per pair, whether A beat B: 1 where `scores_a[i] > scores_b[i]`, 0.5 on a tie, 0 where it lost.
+
+    The two lists are paired by position (the same prompt x seed); scores are any comparable numbers (the
+    count of strict checks a video passes, for instance).
+    """
+    a, b = list(scores_a), list(scores_b)
+    if len(a) != len(b):
+        raise ValueError(f"win rates compare paired scores: got {len(a)} and {len(b)}")
+    return [1.0 if x > y else 0.5 if x == y else 0.0 for x, y in zip(a, b)]
+
+
+def win_rate(scores_a, scores_b) -> float:
+    """How often A beats B over paired trials, a tie counting half.
+
+    Identical scores give exactly 0.5; `win_rate(a, b) + win_rate(b, a) == 1`. NaN when there is no pair.
+    """
+    wins = pairwise_wins(scores_a, scores_b)
+    return sum(wins) / len(wins) if wins else math.nan
+
+
+def bootstrap_win_rate(scores_a, scores_b, level: float = 0.95, resamples: int = 10_000,
+                       seed: int = 0) -> tuple[float, float, float]:
+    """(win rate, low, high): `win_rate` with a percentile bootstrap interval over pairs (pairs resampled with
+    replacement, `resamples` times, from a fixed seed, so the interval is reproducible)."""
+    from .interpolation import bootstrap_interval  # imported here: it brings in PyAV for its other functions
+
+    wins = pairwise_wins(scores_a, scores_b)
+    low, high = bootstrap_interval(wins, level=level, resamples=resamples, seed=seed)
+    return win_rate(scores_a, scores_b), low, high
+
+
+__all__ = ["Z_95", "bootstrap_win_rate", "pairwise_wins", "wilson_interval", "win_rate"]

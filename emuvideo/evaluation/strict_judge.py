@@ -11,7 +11,7 @@ finder, `judge._observe`) and asks for a clip of the world as `data/shapes.py` r
 - colour, shape: one value in >= `MIN_AGREEMENT` of the frames that show the object;
 - size: the object's area (total coverage) varies by at most `MAX_SIZE_RATIO` (max / min);
 - path: the centroids stay within `MAX_PATH_RMS` px (RMS) of a constant-velocity line;
-- direction: that velocity is within `MAX_ANGLE_DEGREES` of the asked axis;
+- direction: that velocity is within `MAX_ANGLE_DEGREES` of the asked axis (or diagonal, `shapes.DIAGONALS`);
 - speed: the velocity along the axis, over the whole clip and over each half separately (so an object
   that stops half-way fails), is within a factor `SPEED_BAND` of the asked speed: 1.0 px/frame
   ("slowly") or 2.5 px/frame ("quickly") at 8 fps, scaled to the clip's fps as the world renders it
@@ -38,7 +38,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..data.shapes import REFERENCE_FPS, SPEEDS
+from ..data.shapes import _DIRECTION_VECTORS, DIAGONALS, DIRECTIONS, REFERENCE_FPS, SPEEDS
 from .judge import MIN_AREA, MIN_MOTION, _brightness, _check_frames, _classify_shape, _observe, _to_world_size
 
 MAX_MISSING_FRAMES = 1
@@ -55,7 +55,9 @@ TRIANGLE_MAX_SKEW = -0.2
 
 STRICT_ATTRIBUTES = ("colour", "shape", "direction", "speed", "visible", "single", "size", "path", "all")
 
-_AXES = {"right": (1.0, 0.0), "left": (-1.0, 0.0), "down": (0.0, 1.0), "up": (0.0, -1.0)}  # image y grows down
+# The four axes and the four diagonals (image y grows down). The diagonals, 45 degrees from the axes, change
+# no verdict on an axis prompt: a velocity within MAX_ANGLE_DEGREES of an axis is nearer it than any diagonal.
+_AXES = {name: _DIRECTION_VECTORS[name] for name in DIRECTIONS + DIAGONALS}
 _classify_strict_shape = functools.partial(
     _classify_shape, top_rows=TOP_ROWS, triangle_max_skew=TRIANGLE_MAX_SKEW, square_min_fill=SQUARE_MIN_FILL
 )
