@@ -41,7 +41,8 @@ def _add_sampling_options(p: argparse.ArgumentParser) -> None:
                    "diffusion_pytorch_model.fp16.safetensors (default: the plain files)")
     p.add_argument("--negative-prompt", help="what the unconditional branch steers away from (default: empty)")
     p.add_argument("--seed", type=int, default=0, help="noise seed; each prompt uses it (default: 0)")
-    p.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 25)")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 16, from the "
+                   "step curve in docs/performance.md; --interpolate: 25)")
     p.add_argument("--num-frames", type=int, help="frames per video (default: the model's training length)")
     p.add_argument("--fps", type=int, help="frame rate of the written file (default: the model's)")
     p.add_argument("--height", type=int, help="frame height in pixels (default: the model's training size)")
@@ -152,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", help="canonical (15 pairs x 4 directions x 2 speeds), paraphrase (60 held-out "
                     "phrasings) or a file, one prompt a line (default: canonical)")
     ev.add_argument("--seeds", type=int, help="noise draws per prompt, each prompt x seed its own (default: 3)")
-    ev.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 25)")
+    ev.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 16)")
     ev.add_argument("--image-steps", type=int, dest="image_num_inference_steps", help="sampler steps of the "
                     "image stage (default: --steps)")
     ev.add_argument("--batch-size", type=int, default=8, help="videos per pipeline call (default: 8)")

@@ -52,6 +52,7 @@ import torch
 
 from emuvideo.models.conditioning import known_frames_conditioning
 from emuvideo.pipelines.common import (
+    DEFAULT_STEPS,
     check_finite,
     check_output_type,
     check_prompts,
@@ -238,7 +239,7 @@ class DirectTextToVideo:
     def __call__(
         self,
         prompt: str | list[str],
-        num_inference_steps: int = 25,
+        num_inference_steps: int = DEFAULT_STEPS,
         guidance_text: float = 7.5,
         generator: torch.Generator | list[torch.Generator] | None = None,
         output_type: str = "np",

@@ -298,12 +298,14 @@ SMOKE_PROMPTS = [  # 3 video-trained and 3 held-out pairs, every direction, both
 
 @pytest.mark.slow
 def test_shipped_model_stays_above_its_floor(tmp_path):
-    """The shipped default, 6 prompts x 1 seed, 25 steps (the defaults: the floor was measured so), on the CPU.
+    """The shipped default, 6 prompts x 1 seed, the default steps, on the CPU.
 
     Measured (emuvideo eval --prompts SMOKE --seeds 1 --device cpu, torch 2.13 CPU, shared 2-core machine, 34-55 s):
     strict all four 5/6 (the white circle's outline is unclear in 7 of 16 frames), lenient 5/6; strict
     colour, direction, speed, visible, single, size and path 6/6. Again after the keyframes fine-tune
-    (configs/stages/06_keyframes.yaml): strict 5/6 (a held-out pair's shape), lenient 6/6, the rest 6/6. The floors leave a margin of one video each
+    (configs/stages/06_keyframes.yaml): strict 5/6 (a held-out pair's shape), lenient 6/6, the rest 6/6.
+    At the default 16 + 16 steps (pipelines.common.DEFAULT_STEPS; the runs above were at 25): strict 5/6, lenient
+    6/6, the rest 6/6 (shape 5/6). The floors leave a margin of one video each
     (a different CPU or BLAS may round differently); falling below them means the model got worse.
     """
     prompts = tmp_path / "smoke.txt"

@@ -15,6 +15,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..models.video_unet import EmuVideoUNet
 from ..models.conditioning import known_frames_conditioning
 from .common import (
+    DEFAULT_STEPS,
     check_finite,
     check_output_type,
     check_prompts,
@@ -89,7 +90,7 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 25,
+        num_inference_steps: int = DEFAULT_STEPS,
         guidance_image: float = 2.0,
         guidance_text: float = 7.5,
         generator: torch.Generator | None = None,

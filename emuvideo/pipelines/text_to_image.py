@@ -12,6 +12,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .common import (
+    DEFAULT_STEPS,
     check_finite,
     check_output_type,
     check_prompts,
@@ -58,7 +59,7 @@ class EmuTextToImagePipeline(DiffusionPipeline):
         negative_prompt: str | list[str] | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 25,
+        num_inference_steps: int = DEFAULT_STEPS,
         guidance_scale: float = 7.5,
         generator: torch.Generator | None = None,
         output_type: str = "np",

@@ -9,7 +9,7 @@ from ..loaders.lora_pipeline import EmuVideoLoraLoaderMixin
 from ..models.attention import set_attention
 from ..models.video_unet import EmuVideoUNet
 from ..schedules import make_sampler, sampler_name
-from .common import check_output_type
+from .common import DEFAULT_STEPS, check_output_type
 from .image_to_video import EmuImageToVideoPipeline, EmuVideoPipelineOutput
 from .interpolation import EmuInterpolationPipeline
 from .text_to_image import EmuTextToImagePipeline
@@ -142,7 +142,7 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
         num_frames: int | None = None,
         height: int | None = None,
         width: int | None = None,
-        num_inference_steps: int = 25,
+        num_inference_steps: int = DEFAULT_STEPS,
         image_num_inference_steps: int | None = None,
         image_guidance_scale: float = 7.5,
         guidance_image: float = 2.0,
