@@ -48,6 +48,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs" / "experiments" / "qlora_claim"
 METHODS = ("full", "lora", "qlora", "qlora_paged")
+
+
+def config_path(method: str) -> Path:
+    """configs/experiments/qlora_claim/claim_METHOD.yaml (named apart from the packaged configs lora, qlora, full)."""
+    return CONFIGS / f"claim_{method}.yaml"
+
 CONCEPT_PAIRS = (("red", "circle"), ("green", "square"), ("blue", "triangle"),
                  ("yellow", "circle"), ("white", "square"), ("red", "triangle"))  # one held-out video pair
 NUM_FRAMES, FPS = 16, 8
@@ -82,7 +88,7 @@ def concept_prompts() -> list[dict]:
 def train(method: str, args, data: Path, run: Path) -> dict:
     """`emuvideo finetune` in a child process; its wall time and peak resident set."""
     command = [sys.executable, "-m", "emuvideo.cli", "finetune", "--data", str(data),
-               "--config", str(CONFIGS / f"{method}.yaml"), "--output-dir", str(run),
+               "--config", str(config_path(method)), "--output-dir", str(run),
                "--max-steps", str(args.steps), "--set", f"batch_size={args.batch_size}",
                "--set", f"seed={args.train_seed}", "--set", f"optim.lr={args.lr}"]
     if args.model:

@@ -34,7 +34,7 @@ def _flat(config) -> dict:
 
 def _differences(a: str, b: str) -> set[str]:
     qc = _script()
-    fa, fb = (_flat(finetune_config(qc.CONFIGS / f"{name}.yaml")) for name in (a, b))
+    fa, fb = (_flat(finetune_config(qc.config_path(name))) for name in (a, b))
     return {k for k in fa if fa[k] != fb[k]}
 
 
@@ -49,7 +49,7 @@ def test_methods_differ_only_in_what_they_compare(a, b, expected):
 
 def test_every_method_trains_the_same_data_for_the_same_steps():
     qc = _script()
-    configs = [finetune_config(qc.CONFIGS / f"{m}.yaml") for m in qc.METHODS]
+    configs = [finetune_config(qc.config_path(m)) for m in qc.METHODS]
     for c in configs:
         assert c.data == configs[0].data and c.gradient_checkpointing is False
         assert c.optim.warmup_steps == configs[0].optim.warmup_steps and c.seed == configs[0].seed
