@@ -62,12 +62,13 @@ from emuvideo.pipelines.common import (
     step_kwargs,
     vae_scale_factor,
 )
+from emuvideo.evaluation.strict_judge import STRICT_ATTRIBUTES
 from emuvideo.pipelines.image_to_video import EmuVideoPipelineOutput
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs" / "experiments" / "ablations"
 BASE_CONFIG = CONFIG_DIR / "baseline.yaml"
 IMAGE_MODEL_PARTS = ("vae", "image_unet", "image_scheduler")  # what an image stage's final/ holds
-STRICT_CHECKS = ("colour", "shape", "direction", "speed", "visible", "single", "size", "path")
+STRICT_CHECKS = tuple(a for a in STRICT_ATTRIBUTES if a != "all")  # the 8 checks a strict score counts
 # What must match for a run in OUT or an evaluation in the JSON to be reused.
 SETTINGS = ("steps", "batch_size", "clips", "high_motion_steps", "prompts", "prompts_limit", "seeds",
             "steps_sample", "image_steps", "eval_batch_size")
