@@ -145,12 +145,12 @@ def judge_concept(pipe, prompts: list[dict], seeds: int, sampling: dict, batch_s
 
 
 def rate(rows: list[dict]) -> dict:
-    from emuvideo.evaluation.stats import wilson_interval
+    """The strict all-correct rate with its Wilson interval, and four checks' rates (`EvalReport.rates`)."""
+    from emuvideo.evaluation.evaluate import EvalReport
 
-    k, n = sum(r["strict"]["all"] for r in rows), len(rows)
-    low, high = wilson_interval(k, n)
-    per = {a: sum(r["strict"][a] for r in rows) / n for a in ("direction", "speed", "path", "visible")}
-    return {"correct": k, "videos": n, "rate": k / n, "low": low, "high": high, **{f"{a}_rate": v for a, v in per.items()}}
+    r = EvalReport(rows).rates("strict", "all")
+    return {"correct": r["all"]["k"], "videos": r["all"]["n"], "rate": r["all"]["rate"], "low": r["all"]["low"],
+            "high": r["all"]["high"], **{f"{a}_rate": r[a]["rate"] for a in ("direction", "speed", "path", "visible")}}
 
 
 def evaluate(method, run, args, old_prompts) -> dict:
