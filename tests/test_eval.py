@@ -2,6 +2,7 @@
 per-prompt-and-seed noise, scoring of existing clips, one-line errors, and a floor for the shipped model."""
 
 import dataclasses
+import functools
 import itertools
 import json
 import math
@@ -15,7 +16,9 @@ import pytest
 
 from emuvideo.cli import main
 from emuvideo.data.shapes import (
+    CAPTION_STYLES,
     COLOURS,
+    DIAGONALS,
     DIRECTIONS,
     IMAGE_PAIRS,
     SHAPES,
@@ -23,12 +26,14 @@ from emuvideo.data.shapes import (
     VIDEO_HELD_OUT_PAIRS,
     ShapeSpec,
     canonical_caption,
+    parse_caption,
     random_caption,
     render_clip,
     sample_spec,
+    validation_caption,
 )
 from emuvideo.evaluation.evaluate import EvalReport, evaluate_pipeline, generate_videos, prompt_seed
-from emuvideo.evaluation.prompt_sets import PARAPHRASE_FILE, load_prompt_set, read_prompt_lines
+from emuvideo.evaluation.prompt_sets import PARAPHRASE_FILE, PROMPT_SETS, load_prompt_set, read_prompt_lines
 from emuvideo.evaluation.stats import Z_95, wilson_interval
 from emuvideo.utils.video import write_video
 
@@ -80,13 +85,13 @@ class _ScriptedRng:
         return options[index]
 
 
-def every_training_caption(spec: ShapeSpec) -> set[str]:
-    """All captions `random_caption` can give `spec`: a depth-first walk over its choices (an odometer whose
+def every_caption(caption, spec: ShapeSpec) -> set[str]:
+    """All captions `caption(spec, rng)` can give `spec`: a depth-first walk over its choices (an odometer whose
     digits have the number of options offered at each call)."""
     captions, script = set(), []
     while True:
         rng = _ScriptedRng(script)
-        captions.add(random_caption(spec, rng))
+        captions.add(caption(spec, rng))
         digits = script + [0] * (len(rng.sizes) - len(script))
         i = len(digits) - 1
         while i >= 0 and digits[i] + 1 >= rng.sizes[i]:
@@ -96,23 +101,81 @@ def every_training_caption(spec: ShapeSpec) -> set[str]:
         script = digits[:i] + [digits[i] + 1]
 
 
+def every_training_caption(spec: ShapeSpec, style: str = "rich") -> set[str]:
+    """All captions `random_caption` can give `spec` in `style`."""
+    return every_caption(functools.partial(random_caption, style=style), spec)
+
+
 def _words(text: str) -> str:
     return " ".join(re.findall(r"[a-z]+", text.lower()))
 
 
+# Every colour, shape, direction and speed the training data draws (diagonals are checked on a few specs below).
+TRAINING_SPECS = [ShapeSpec(c, s, d, sp, 16.0, 32.0, 32.0) for c, s, d, sp in itertools.product(COLOURS, SHAPES, DIRECTIONS, SPEEDS)]
+
+
+@functools.lru_cache(maxsize=None)
+def validation_words() -> frozenset[str]:
+    """Every validation caption of every training spec, by words."""
+    return frozenset(_words(c) for spec in TRAINING_SPECS for c in every_caption(validation_caption, spec))
+
+
+def paraphrase_words() -> list[tuple[int, str]]:
+    """(line, words) of each held-out evaluation prompt."""
+    return [(i, _words(text)) for i, text in read_prompt_lines(PARAPHRASE_FILE)]
+
+
+@functools.lru_cache(maxsize=None)
+def training_walk() -> SimpleNamespace:
+    """One walk over every training caption (both styles: `random_caption`, the canonical form among its templates;
+    the image and video stages both caption with it) of every spec, compared by words (case and punctuation
+    ignored) with the held-out prompts and the validation captions. Each spec's captions are dropped once compared
+    (the rich grammar has over a million), so the walk keeps only counts and clashes."""
+    held_out = validation_words() | {w for _, w in paraphrase_words()}
+    walk = SimpleNamespace(captions={style: 0 for style in CAPTION_STYLES}, clashes=set(), no_canonical=[])
+    for spec in TRAINING_SPECS:
+        for style in CAPTION_STYLES:
+            captions = {_words(c) for c in every_training_caption(spec, style)}
+            if canonical_caption(spec.colour, spec.shape, spec.direction, spec.speed) not in captions:
+                walk.no_canonical.append((spec, style))  # the walk missed templates
+            walk.captions[style] += len(captions)
+            walk.clashes |= captions & held_out
+    return walk
+
+
 def test_no_paraphrase_can_be_a_training_caption():
-    """Every caption the shapes world trains on (`random_caption`, the canonical form among its templates; the
-    image and video stages both caption with it) for every colour, shape, direction and speed, compared by
-    words (case and punctuation ignored): none is a paraphrase."""
-    training = set()
-    for colour, shape, direction, speed in itertools.product(COLOURS, SHAPES, DIRECTIONS, SPEEDS):
-        spec = ShapeSpec(colour, shape, direction, speed, 16.0, 32.0, 32.0)
-        captions = every_training_caption(spec)
-        assert canonical_caption(colour, shape, direction, speed) in captions  # the walk reaches every template
-        training |= {_words(c) for c in captions}
-    assert len(training) > 5000  # sanity: 120 specs x dozens of phrasings
-    paraphrases = [text for _, text in read_prompt_lines(PARAPHRASE_FILE)]
-    assert not [p for p in paraphrases if _words(p) in training]
+    """No training caption, in either style, for any colour, shape, direction and speed, is a held-out prompt."""
+    walk = training_walk()
+    assert walk.no_canonical == []
+    # sanity: 120 specs x dozens of phrasings (simple), x thousands (rich)
+    assert walk.captions["simple"] > 5000 and walk.captions["rich"] > 500_000
+    # Line numbers only: the held-out prompts must not be read while designing the grammars.
+    assert [i for i, words in paraphrase_words() if words in walk.clashes] == []
+
+
+def test_no_validation_prompt_can_be_a_training_caption():
+    """Nor any caption of the validation grammar (every spec, every choice), so the validation prompts too."""
+    walk = training_walk()
+    prompts = load_prompt_set("validation")
+    assert {_words(p["prompt"]) for p in prompts} <= validation_words()
+    assert not validation_words() & walk.clashes
+    # Diagonals too (the fine-tuning experiments caption them), on one pair.
+    for direction, speed in itertools.product(DIAGONALS, SPEEDS):
+        spec = ShapeSpec("red", "circle", direction, speed, 16.0, 32.0, 32.0)
+        training = {_words(c) for style in CAPTION_STYLES for c in every_training_caption(spec, style)}
+        assert not training & {_words(c) for c in every_caption(validation_caption, spec)}
+
+
+def test_validation_prompt_set():
+    prompts = load_prompt_set("validation")
+    canonical = load_prompt_set("canonical")
+    assert len(prompts) == len({p["prompt"] for p in prompts}) == 120
+    keys = ("colour", "shape", "direction", "speed", "held_out")
+    assert [{k: p[k] for k in keys} for p in prompts] == [{k: p[k] for k in keys} for p in canonical]
+    assert prompts == load_prompt_set("validation")  # fixed seed
+    for p in prompts:  # each prompt says all it asks for, speed included
+        assert parse_caption(p["prompt"]) == {k: p[k] for k in ("colour", "shape", "direction", "speed")}, p
+    assert "validation" in PROMPT_SETS
 
 
 def test_paraphrase_set_covers_every_pair_and_direction_at_both_speeds():

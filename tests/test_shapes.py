@@ -1,11 +1,15 @@
+import hashlib
+import itertools
 import math
 import random
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from emuvideo.data.shapes import (
+    CAPTION_STYLES,
     COLOURS,
     DIAGONALS,
     DIRECTIONS,
@@ -20,12 +24,15 @@ from emuvideo.data.shapes import (
     ShapesDataset,
     ShapeSpec,
     canonical_caption,
+    caption_words,
     canonical_prompts,
     centre_trajectory,
     parse_caption,
     random_caption,
     render_clip,
     sample_spec,
+    validation_caption,
+    validation_prompts,
 )
 
 # Area of each shape as a fraction of size**2.
@@ -205,12 +212,13 @@ def test_parse_caption_rejects_incomplete_or_ambiguous(text):
     assert parse_caption(text) is None
 
 
-def test_random_captions_round_trip_and_vary():
+@pytest.mark.parametrize("style", CAPTION_STYLES)
+def test_random_captions_round_trip_and_vary(style):
     rng = random.Random(0)
     seen_words, omitted_speed = set(), 0
     for _ in range(600):
         spec = sample_spec(rng, 8, 8)
-        caption = random_caption(spec, rng)
+        caption = random_caption(spec, rng, style=style)
         parsed = parse_caption(caption)
         assert parsed is not None, caption
         assert (parsed["colour"], parsed["shape"], parsed["direction"]) == (spec.colour, spec.shape, spec.direction)
@@ -219,6 +227,117 @@ def test_random_captions_round_trip_and_vary():
         seen_words.update(caption.split())
     assert {"ball", "box", "slides", "drifts", "travels", "moving", "upwards", "downwards", "fast", "slow"} <= seen_words
     assert 50 < omitted_speed < 400
+
+
+def test_simple_captions_are_the_first_models():
+    """Pinned from the grammar before the rich style existed: same outputs, same draws from the random state."""
+    rng = random.Random(2024)
+    specs = [ShapeSpec(c, s, d, sp, 16.0, 32.0, 32.0) for c, s in (("red", "circle"), ("green", "square"),
+             ("blue", "triangle")) for d in ("left", "up-right") for sp in SPEEDS]
+    assert [random_caption(spec, rng, style="simple") for spec in specs] == [
+        "a red ball moving left", "a red ball moving left", "a red ball slides up and to the right",
+        "a fast red ball drifting up and to the right", "a green box moving left", "a green square moving to the left",
+        "a slow green square drifting up-right", "a green square moving up-right quickly",
+        "a slow blue triangle drifting to the left", "a quick blue triangle drifting to the left",
+        "a blue triangle slides up and to the right slowly", "a blue triangle drifting up-right fast",
+    ]
+    assert rng.random() == 0.6136863538029395
+    rng = random.Random(99)
+    captions = [random_caption(ShapeSpec(c, s, d, sp, 16.0, 32.0, 32.0), rng, style="simple")
+                for _ in range(3) for c, s in IMAGE_PAIRS for d in DIRECTIONS + DIAGONALS for sp in SPEEDS]
+    digest = hashlib.sha256("\n".join(captions).encode()).hexdigest()
+    assert digest == "301e1bcdf2c2a7d4add9514a7fbeeabf48449484e24a5deee2115e182d377fb5"
+    assert rng.random() == 0.514054011040327
+    # the dataset's items keep the first model's captions
+    rng = random.Random(int(np.random.SeedSequence([3, 5]).generate_state(1)[0]))
+    spec = sample_spec(rng, 8, 8, pairs=VIDEO_PAIRS)
+    assert ShapesDataset("video", 8, 8, 20, seed=3)[5]["caption"] == random_caption(spec, rng, style="simple")
+
+
+def test_unknown_caption_style_is_refused():
+    spec = ShapeSpec("red", "circle", "left", "slowly", 16.0, 32.0, 32.0)
+    with pytest.raises(ValueError, match="'fancy'"):
+        random_caption(spec, random.Random(0), style="fancy")
+
+
+def _all_captions(caption, spec: ShapeSpec) -> set[str]:
+    """Every caption `caption(spec, rng)` can give, by walking its `rng.choice` calls (as tests/test_eval.py)."""
+    from test_eval import every_caption
+
+    return every_caption(caption, spec)
+
+
+@pytest.mark.parametrize("spec", [
+    ShapeSpec("red", "circle", "left", "quickly", 16.0, 32.0, 32.0),
+    ShapeSpec("yellow", "square", "down", "slowly", 16.0, 32.0, 32.0),
+    ShapeSpec("blue", "triangle", "up-right", "slowly", 16.0, 32.0, 32.0),
+    ShapeSpec("white", "square", "down-left", "quickly", 16.0, 32.0, 32.0),
+])
+def test_every_rich_and_validation_caption_round_trips(spec):
+    attributes = (spec.colour, spec.shape, spec.direction)
+    words = caption_words()
+    for name, caption in (("rich", random_caption), ("validation", validation_caption)):
+        for text in _all_captions(caption, spec):
+            parsed = parse_caption(text)
+            assert parsed is not None and (parsed["colour"], parsed["shape"], parsed["direction"]) == attributes, text
+            assert parsed["speed"] == spec.speed or (parsed["speed"] is None and name == "rich"), text
+            assert set(re.findall(r"[a-z]+", text)) <= words, text
+            assert text == " ".join(text.split()) and text == text.lower(), text
+
+
+def test_captions_of_every_spec_round_trip():
+    """Sampled over every colour, shape, direction (diagonals included) and speed, in every grammar."""
+    rng = random.Random(5)
+    words, omitted = caption_words(), {style: 0 for style in CAPTION_STYLES}
+    for colour, shape, direction, speed in itertools.product(COLOURS, SHAPES, DIRECTIONS + DIAGONALS, SPEEDS):
+        spec = ShapeSpec(colour, shape, direction, speed, 16.0, 32.0, 32.0)
+        captions = [(style, random_caption(spec, rng, style=style)) for style in CAPTION_STYLES for _ in range(10)]
+        captions += [("validation", validation_caption(spec, rng)) for _ in range(10)]
+        captions.append(("canonical", canonical_caption(colour, shape, direction, speed)))
+        for style, text in captions:
+            parsed = parse_caption(text)
+            assert parsed is not None and (parsed["colour"], parsed["shape"], parsed["direction"]) == (colour, shape, direction), text
+            assert parsed["speed"] in (speed, None if style in CAPTION_STYLES else speed), text
+            omitted[style] = omitted.get(style, 0) + (parsed["speed"] is None)
+            assert set(re.findall(r"[a-z]+", text.lower())) <= words, text
+    # About a third of the training captions leave the speed out, in both styles (2 of 6 and 4 of 12 templates).
+    assert 0.25 < omitted["rich"] / 2400 < 0.42 and 0.25 < omitted["simple"] / 2400 < 0.42
+    assert omitted["validation"] == omitted["canonical"] == 0
+
+
+def test_rich_captions_are_richer():
+    spec = ShapeSpec("green", "triangle", "right", "slowly", 16.0, 32.0, 32.0)
+    rng = random.Random(0)
+    simple = {random_caption(spec, rng, style="simple") for _ in range(2000)}
+    rich = {random_caption(spec, rng, style="rich") for _ in range(2000)}
+    assert len(simple) < 50 and len(rich) > 1000
+    rich_words = {w for c in rich for w in re.findall(r"[a-z]+", c)}
+    simple_words = {w for c in simple for w in re.findall(r"[a-z]+", c)}
+    assert len(rich_words) > 2 * len(simple_words)
+    # several word orders: adverb first, direction first, "there is", relative clauses, past tense
+    assert any(c.startswith(("slowly,", "at a slow pace,")) for c in rich)
+    assert any(c.startswith(("to the right,", "towards the right,", "rightward,", "rightwards,")) for c in rich)
+    assert any(c.startswith("there is") for c in rich) and any(" that " in c for c in rich)
+    assert any(" slid " in c for c in rich) and any(c.startswith("green ") for c in rich)  # no article
+
+
+def test_validation_prompts():
+    prompts = validation_prompts()
+    assert prompts == validation_prompts()  # a fixed seed
+    assert len(prompts) == 120 == len({p["prompt"] for p in prompts})
+    keys = ("colour", "shape", "direction", "speed")
+    assert [{k: p[k] for k in keys} for p in prompts] == [{k: p[k] for k in keys} for p in canonical_prompts()]
+    assert all(list(p) == [*keys, "prompt"] for p in prompts)
+    for p in prompts:
+        assert parse_caption(p["prompt"]) == {k: p[k] for k in keys}, p  # the speed named too
+
+
+def test_caption_words():
+    words = caption_words()
+    assert all(re.fullmatch(r"[a-z]+", w) for w in words)
+    assert {"a", "moving", "ball", "upwards", "towards", "slid", "there", "leftwards", "diagonally"} <= words
+    assert set(COLOURS) | set(SHAPES) | set(SPEEDS) | {"up", "down", "left", "right"} <= words
+    assert "paraphrase" not in words and "purple" not in words
 
 
 def test_dataset_is_deterministic_per_index():

@@ -199,3 +199,49 @@ def test_trainer_tells_the_dataset_each_epoch(tmp_path):
     Trainer(cfg, torch.nn.Linear(3, 1), lambda model, x: model(x).pow(2).mean(), data).train()
     # accelerate's prepared loader passes `set_epoch` on (ClipDataset's random crops rely on it)
     assert sorted(set(data.epochs)) == [0, 1, 2]  # one batch per epoch, three steps
+
+
+def _losses(folder: Path) -> list[str]:
+    return (folder / "losses.csv").read_text().splitlines()
+
+
+def test_in_memory_data_changes_where_items_live_not_what_a_step_sees(chain, tmp_path):
+    """`data.in_memory` reads the latent cache once: the same steps, the same losses as reading it every step. The
+    image stage without a cache encodes each batch of held frames: the latents the cache would have held."""
+    init = f"init={chain / 'v1' / 'final'}"
+    video = ["kind=video", "max_steps=3", "data.num_frames=4", "data.fps=8", init]
+    run_stage(_cfg(tmp_path, "disk", *video))
+    run_stage(_cfg(tmp_path, "memory", *video, "data.in_memory=true"))
+    assert _losses(tmp_path / "disk") == _losses(tmp_path / "memory")
+
+    from diffusers import AutoencoderKL
+
+    from emuvideo.data.sources import training_data
+    from emuvideo.models.text_encoder import load_minilm
+    from emuvideo.pipelines.common import encode_frames
+    from emuvideo.training.stages import _FirstFrames
+
+    vae = AutoencoderKL.from_pretrained(chain / "ae" / "final" / "vae").eval()
+    tokenizer, text_encoder = load_minilm()
+    image = ["kind=image", f"init={chain / 'ae' / 'final'}"]
+    cached = _FirstFrames(training_data(_cfg(tmp_path, "i1", *image), vae, tokenizer, text_encoder, 16, 1))
+    held = _FirstFrames(training_data(_cfg(tmp_path, "i2", *image, "data.in_memory=true", "data.cache_dir=null"),
+                                      vae, tokenizer, text_encoder, 16, 1))
+    assert "latents" not in held[0] and len(held) == len(cached) == 8
+    for i in range(len(held)):
+        with torch.no_grad():
+            encoded = encode_frames(vae, held[i]["pixel_values"][None])[0, :, 0]
+        assert torch.allclose(encoded, cached[i]["latents"], atol=1e-6) and held[i]["spec"] == cached[i]["spec"]
+
+
+def test_in_memory_holds_the_items_of_the_dataset():
+    from emuvideo.data.shapes import ShapesDataset
+    from emuvideo.data.sources import InMemory
+
+    clips = ShapesDataset("video", 4, 8, 6, seed=3, resolution=16)
+    for workers in (0, 2):
+        held = InMemory(clips, num_workers=workers, progress=False)
+        assert len(held) == 6 and held.source is clips
+        for i in range(6):
+            assert torch.equal(held[i]["pixel_values"], clips[i]["pixel_values"])
+            assert held[i]["spec"] == clips[i]["spec"]

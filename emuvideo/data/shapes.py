@@ -19,9 +19,15 @@ The combination split follows the paper's setting (images plentiful, videos scar
 text-to-image data has all colour x shape pairs, the video data leaves `VIDEO_HELD_OUT_PAIRS` out,
 so a model can only get "a blue triangle moving left" right by combining what it learned from
 images with motion learned from other pairs.
+
+Captions: `random_caption` phrases a clip for training in one of `CAPTION_STYLES` ("simple", the first model's six
+templates; "rich", the many ways people write), `canonical_caption` is the one evaluation phrasing, and
+`validation_caption` (`validation_prompts`) a grammar held out of training for tuning recipe decisions;
+`parse_caption` reads any of them back.
 """
 
 import dataclasses
+import functools
 import random
 import re
 from dataclasses import dataclass
@@ -126,6 +132,16 @@ def centre_trajectory(spec: ShapeSpec, num_frames: int, fps: float) -> np.ndarra
 # Captions
 # ----------------------------------------------------------------------------------------------
 
+# Two grammars phrase a clip for training (`CAPTION_STYLES`, `random_caption`):
+# - "simple": the first model's six templates and few synonyms, kept exactly as they were (same outputs for the same
+#   random state), so runs made with it stay reproducible;
+# - "rich": the many ways people write a caption: synonyms, verbs in several tenses and forms, several word orders,
+#   optional words. A model trained on "simple" fails on phrasings it never saw; "rich" is the remedy.
+# A third grammar, `validation_caption`, uses templates and words neither produces. It is held out of training and
+# used only to tune recipe decisions, so the evaluation prompt sets stay out of those decisions too.
+CAPTION_STYLES = ("simple", "rich")
+
+# -- the simple grammar
 _SHAPE_WORDS = {"circle": ("circle", "ball"), "square": ("square", "box"), "triangle": ("triangle",)}
 _DIRECTION_PHRASES = {
     "left": ("left", "to the left"),
@@ -139,17 +155,148 @@ _SPEED_ADJECTIVES = {"slowly": ("slow",), "quickly": ("fast", "quick")}
 _VERBS = ("moves", "slides", "drifts", "travels")
 _VERBS_ING = ("moving", "sliding", "drifting", "travelling")
 
+# -- the rich grammar: templates whose {slots} are filled left to right, one `rng.choice` per slot (`_fill`).
+# Every option is a plain phrase, so the captions a spec can get are exactly the product of its slots' options.
+# No filler word may be an attribute word of `_WORD_TO_VALUE` ("right now", "speeds up" would change the meaning).
+_EDGES = {"left": "left", "right": "right", "up": "top", "down": "bottom"}  # "towards the top" is up
+_RICH_NOUNS = {"circle": ("circle", "ball", "disc", "dot"), "square": ("square", "box", "block", "square shape"),
+               "triangle": ("triangle", "triangle shape")}
+# (present, -ing, past) of each motion verb; none of them implies a speed (no "races", "crawls").
+_RICH_VERBS = (("moves", "moving", "moved"), ("slides", "sliding", "slid"), ("drifts", "drifting", "drifted"),
+               ("travels", "travelling", "travelled"), ("heads", "heading", "headed"))
+_RICH_ADVERBS = {"slowly": ("slowly", "at a slow pace", "at a slow speed"),
+                 "quickly": ("quickly", "fast", "rapidly", "at a fast pace")}
+_RICH_FRONTED_ADVERBS = {"slowly": ("slowly", "at a slow pace"), "quickly": ("quickly", "rapidly", "at a fast pace")}
+_RICH_ADJECTIVES = {"slowly": ("slow", "slow-moving"), "quickly": ("fast", "quick", "fast-moving", "speedy")}
+_RICH_SCENES = ("on black", "on a black background", "across the frame")
+# Twelve templates. Every slot multiplies a template's captions, and tests/test_eval.py walks all of them for every
+# spec, so the slots are crossed where it adds a new kind of phrasing, not everywhere.
+_RICH_TEMPLATES = (
+    # the speed said
+    "{article} {colour} {noun} {past} {where} {adverb}",  # "the red ball slid to the left quickly"
+    "{any_article} {colour} {noun} {ing} {where} {adverb}",  # the canonical form is one of these
+    "{article} {colour} {noun} {ing} {adverb} {where}",  # "a red ball moving quickly to the left"
+    "{fronted_adverb}, a {colour} {noun} {present} {where} {scene}",  # "slowly, a red box drifts upwards on black"
+    "{fronted_where}, {article} {colour} {noun} {present} {adverb}",  # "towards the left, the red dot heads fast"
+    "{article} {adjective} {colour} {noun} {ing} {where}",  # "a slow-moving red ball heading left"
+    "there is {one} {colour} {noun} that {present} {where} {adverb}",  # a relative clause
+    "there is {one} {colour} {noun} {ing} {where} {adverb}",
+    # the speed left out (4 of 12, as 2 of 6 in the simple grammar): such a caption fits either speed
+    "{article} {colour} {noun} {past} {where} {setting}",
+    "{article} {colour} {noun} {present} {where} {setting}",
+    "{any_article} {colour} {noun} {ing} {where} {setting}",
+    "{article} {colour} {noun} is {ing} {where} {setting}",
+)
+
+
+def _rich_directions(direction: str) -> tuple[str, ...]:
+    """Phrases of a direction: the bare word first, then phrases that can also open a sentence."""
+    if direction in DIAGONALS:
+        v, h = direction.split("-")
+        return (direction, f"{v} and to the {h}", f"diagonally {v} and to the {h}", f"towards the {_EDGES[v]} {h}")
+    if direction in ("left", "right"):
+        return (direction, f"to the {direction}", f"{direction}ward", f"{direction}wards", f"towards the {direction}")
+    return (direction, f"{direction}ward", f"{direction}wards", f"towards the {_EDGES[direction]}")
+
+
+def _rich_slots(spec: ShapeSpec) -> dict[str, tuple[str, ...]]:
+    return _rich_slots_of(spec.colour, spec.shape, spec.direction, spec.speed)
+
+
+@functools.lru_cache(maxsize=None)  # a training step captions every clip of its batch
+def _rich_slots_of(colour: str, shape: str, direction: str, speed: str) -> dict[str, tuple[str, ...]]:
+    where = _rich_directions(direction)
+    return {
+        "colour": (colour,),
+        "noun": _RICH_NOUNS[shape],
+        "article": ("a", "the"),
+        "any_article": ("a", "the", "one", ""),  # "" as in "red ball moving left", the way many captions start
+        "one": ("a", "one"),
+        "present": tuple(v[0] for v in _RICH_VERBS),
+        "ing": tuple(v[1] for v in _RICH_VERBS),
+        "past": tuple(v[2] for v in _RICH_VERBS),
+        "where": where,
+        "fronted_where": where[1:],  # "left, a red ball ..." would read as the verb "left"
+        "adverb": _RICH_ADVERBS[speed],
+        "fronted_adverb": _RICH_FRONTED_ADVERBS[speed],
+        "adjective": _RICH_ADJECTIVES[speed],
+        "scene": _RICH_SCENES,
+        "setting": ("",) + _RICH_SCENES,  # optional
+    }
+
+
+# -- the validation grammar: each template has words no training caption uses ("a clip of", "watch ... as it",
+# "makes its way", "keeps", "in motion"), and some slots have held-out words (disk, tile, shifts, toward, swiftly, ...).
+# Every template names the speed, so a validation prompt asks for all four attributes.
+_VALIDATION_NOUNS = {"circle": ("circle", "disk", "round shape"), "square": ("square", "box", "tile"),
+                     "triangle": ("triangle", "triangular shape")}
+_VALIDATION_VERBS = (("moves", "moving"), ("shifts", "shifting"), ("floats", "floating"), ("slides", "sliding"))
+_VALIDATION_ADVERBS = {"slowly": ("slowly", "leisurely", "at a leisurely pace"),
+                       "quickly": ("quickly", "swiftly", "speedily")}
+_VALIDATION_ADJECTIVES = {"slowly": ("slow", "leisurely"), "quickly": ("fast", "swift")}
+_VALIDATION_TEMPLATES = (
+    "a clip of {article} {colour} {noun} {ing} {where} {adverb}",
+    "watch {article} {colour} {noun} as it {present} {where} {adverb}",
+    "{article} {colour} {noun} makes its way {where} {adverb}",
+    "{article} {colour} {noun} keeps {ing} {where} {adverb}",
+    "{article} {adjective} {colour} {noun} in motion, heading {where}",
+)
+_VALIDATION_SEED = 20240917  # fixed: the validation prompts never change
+
+
+def _validation_directions(direction: str) -> tuple[str, ...]:
+    if direction in DIAGONALS:
+        v, h = direction.split("-")
+        return (direction, f"{v} and {h}ward", f"toward the {_EDGES[v]} {h}")
+    article = "an" if direction == "up" else "a"
+    return (direction, f"toward the {_EDGES[direction]}", f"in {article} {direction}ward direction")
+
+
+def _validation_slots(spec: ShapeSpec) -> dict[str, tuple[str, ...]]:
+    return {
+        "colour": (spec.colour,),
+        "noun": _VALIDATION_NOUNS[spec.shape],
+        "article": ("a", "the"),
+        "present": tuple(v[0] for v in _VALIDATION_VERBS),
+        "ing": tuple(v[1] for v in _VALIDATION_VERBS),
+        "where": _validation_directions(spec.direction),
+        "adverb": _VALIDATION_ADVERBS[spec.speed],
+        "adjective": _VALIDATION_ADJECTIVES[spec.speed],
+    }
+
+
+_SLOT = re.compile(r"\{(\w+)\}")
+
+
+def _fill(templates: Sequence[str], slots: dict[str, tuple[str, ...]], rng: random.Random) -> str:
+    """A random template with each slot filled by `rng.choice`, left to right (a one-option slot takes no draw);
+    empty options leave no double space."""
+    template = rng.choice(templates)
+    text = _SLOT.sub(lambda m: slots[m[1]][0] if len(slots[m[1]]) == 1 else rng.choice(slots[m[1]]), template)
+    return " ".join(text.split())
+
+
+def _grammar_words(templates: Sequence[str], slot_tables: Sequence[dict[str, tuple[str, ...]]]) -> set[str]:
+    """Every word a slot grammar can write: its templates' own words and every option of every slot."""
+    text = " ".join([_SLOT.sub(" ", t) for t in templates]
+                    + [o for slots in slot_tables for options in slots.values() for o in options])
+    return set(re.findall(r"[a-z]+", text.lower()))
+
+
 # parse_caption's vocabulary: every word that names an attribute, mapped to its canonical value.
 _WORD_TO_VALUE = {
     "colour": {c: c for c in COLOURS},
-    "shape": {"circle": "circle", "ball": "circle", "disc": "circle", "disk": "circle",
-              "square": "square", "box": "square", "triangle": "triangle"},
+    "shape": {"circle": "circle", "ball": "circle", "disc": "circle", "disk": "circle", "dot": "circle",
+              "round": "circle",
+              "square": "square", "box": "square", "block": "square", "tile": "square",
+              "triangle": "triangle", "triangular": "triangle"},
     "direction": {"left": "left", "leftward": "left", "leftwards": "left",
                   "right": "right", "rightward": "right", "rightwards": "right",
-                  "up": "up", "upward": "up", "upwards": "up",
-                  "down": "down", "downward": "down", "downwards": "down"},
-    "speed": {"slowly": "slowly", "slow": "slowly",
-              "quickly": "quickly", "quick": "quickly", "fast": "quickly", "rapidly": "quickly"},
+                  "up": "up", "upward": "up", "upwards": "up", "top": "up",
+                  "down": "down", "downward": "down", "downwards": "down", "bottom": "down"},
+    "speed": {"slowly": "slowly", "slow": "slowly", "leisurely": "slowly",
+              "quickly": "quickly", "quick": "quickly", "fast": "quickly", "rapidly": "quickly",
+              "swiftly": "quickly", "swift": "quickly", "speedy": "quickly", "speedily": "quickly"},
 }
 
 
@@ -162,12 +309,16 @@ def canonical_caption(colour: str, shape: str, direction: str, speed: str) -> st
     return f"a {colour} {shape} moving {direction} {speed}"
 
 
-def random_caption(spec: ShapeSpec, rng: random.Random) -> str:
-    """One of several phrasings of `spec` (the canonical one included).
+def random_caption(spec: ShapeSpec, rng: random.Random, style: str = "rich") -> str:
+    """One of many phrasings of `spec` in `style` (`CAPTION_STYLES`; the canonical one among them in both).
 
-    Some phrasings leave the speed out: such a caption fits the clip at either speed, which is
-    the point (captions of real videos rarely say everything).
+    Some phrasings leave the speed out (a third of the templates): such a caption fits the clip at either speed,
+    which is the point (captions of real videos rarely say everything). Only `rng.choice` is used.
     """
+    _check_choice("style", style, CAPTION_STYLES)
+    if style == "rich":
+        return _fill(_RICH_TEMPLATES, _rich_slots(spec), rng)
+    # The simple grammar, unchanged: the same choices in the same order as the first model's.
     c, d, sp = spec.colour, spec.direction, spec.speed
     noun = rng.choice(_SHAPE_WORDS[spec.shape])
     where = rng.choice(_DIRECTION_PHRASES[d])
@@ -182,11 +333,32 @@ def random_caption(spec: ShapeSpec, rng: random.Random) -> str:
     return rng.choice(templates)()
 
 
+def validation_caption(spec: ShapeSpec, rng: random.Random) -> str:
+    """A phrasing of `spec` from the validation grammar, which no training caption (either style) can equal; it
+    always names the speed. Only `rng.choice` is used."""
+    return _fill(_VALIDATION_TEMPLATES, _validation_slots(spec), rng)
+
+
+def caption_words() -> set[str]:
+    """Every lowercase word (`[a-z]+`) any caption of the world can hold: `random_caption` in both styles,
+    `validation_caption` and `canonical_caption`, for every spec, diagonals included (e.g. to check that a text
+    encoder's vocabulary covers them)."""
+    specs = [ShapeSpec(c, s, d, sp, float(SIZE_RANGE[0]), FRAME_SIZE / 2, FRAME_SIZE / 2)
+             for c in COLOURS for s in SHAPES for d in DIRECTIONS + DIAGONALS for sp in SPEEDS]
+    words = _grammar_words(_RICH_TEMPLATES, [_rich_slots(s) for s in specs])
+    words |= _grammar_words(_VALIDATION_TEMPLATES, [_validation_slots(s) for s in specs])
+    simple = ("a moving", *(w for table in (_SHAPE_WORDS, _DIRECTION_PHRASES, _SPEED_ADVERBS, _SPEED_ADJECTIVES)
+                            for options in table.values() for w in options), *_VERBS, *_VERBS_ING)
+    canonical = [canonical_caption(s.colour, s.shape, s.direction, s.speed) for s in specs]
+    return words | set(re.findall(r"[a-z]+", " ".join([*simple, *canonical, *COLOURS]).lower()))
+
+
 def parse_caption(text: str) -> Optional[dict]:
     """Recover the attributes named by a caption of the shapes world.
 
-    Understands the canonical form and the synonyms used by `random_caption` (ball, box, slides,
-    "to the left", "upwards", fast/slow, ...). Case and punctuation are ignored.
+    Understands the canonical form and every word that names an attribute in `random_caption` (both styles)
+    and `validation_caption` (ball, box, "to the left", "upwards", "towards the top", fast/slow, swiftly, ...).
+    Case and punctuation are ignored.
 
     Returns:
         `{"colour", "shape", "direction", "speed"}` with canonical values ("up" with "left" is the diagonal
@@ -221,6 +393,21 @@ def canonical_prompts() -> list[dict]:
         for c, s in IMAGE_PAIRS
         for d in DIRECTIONS
         for sp in SPEEDS
+    ]
+
+
+def validation_prompts() -> list[dict]:
+    """The 120 validation prompts: one `validation_caption` for each of `canonical_prompts()`, in its order.
+
+    Each entry is `{"colour", "shape", "direction", "speed", "prompt"}`; every prompt names its speed. Drawn with
+    a fixed seed, so the set never changes. For tuning recipe decisions only: no training caption can equal one.
+    """
+    rng = random.Random(_VALIDATION_SEED)
+    return [
+        {**p, "prompt": validation_caption(
+            ShapeSpec(p["colour"], p["shape"], p["direction"], p["speed"], float(SIZE_RANGE[0]), FRAME_SIZE / 2,
+                      FRAME_SIZE / 2), rng)}
+        for p in canonical_prompts()
     ]
 
 
@@ -421,7 +608,9 @@ class ShapesDataset(torch.utils.data.Dataset):
         spec = sample_spec(rng, self.num_frames, self.fps, pairs=self.pairs)
         caption = canonical_caption(spec.colour, spec.shape, spec.direction, spec.speed)
         if not self.canonical_only:
-            caption = random_caption(spec, rng)
+            # The first model's grammar: items (and the captions a latent cache stores with them) stay as they were.
+            # Training stages draw a fresh caption per step in the configured style (`data.captions`).
+            caption = random_caption(spec, rng, style="simple")
 
         render_size = max(self.resolution, FRAME_SIZE)
         frames = torch.from_numpy(render_clip(spec, self.render_frames, self.fps, size=render_size))

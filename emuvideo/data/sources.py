@@ -21,6 +21,7 @@ import json
 import logging
 import os
 
+import numpy as np
 import torch
 from accelerate import PartialState
 from accelerate.utils import parse_flag_from_env
@@ -85,7 +86,8 @@ def training_data(cfg, vae, tokenizer, text_encoder, size: int, num_frames: int 
         size: frame side in pixels (the model's size).
         num_frames: frames per item (default `data.num_frames`; 1 for the image stage).
     Returns:
-        a map-style dataset (a `LatentCache`, a `torch.utils.data.Subset` of one, or the raw clips).
+        a map-style dataset (a `LatentCache`, a `torch.utils.data.Subset` of one, or the raw clips; held in
+        memory, `InMemory`, with `data.in_memory`).
     """
     from ..pipelines.common import encode_frames, encode_prompt
 
@@ -102,7 +104,9 @@ def training_data(cfg, vae, tokenizer, text_encoder, size: int, num_frames: int 
                              "(motion scores are computed while caching)")
         if d.crop == "random" and d.cache_dir:
             logger.warning("data.crop: random is not cached (a cached latent is one crop): encoding clips every step")
-        return clips
+        if d.in_memory and d.crop == "random":
+            raise ValueError("data.in_memory holds one crop of each clip: it needs data.crop: center")
+        return InMemory(clips) if d.in_memory else clips
 
     state = process_state()
     device = state.device
@@ -129,13 +133,60 @@ def training_data(cfg, vae, tokenizer, text_encoder, size: int, num_frames: int 
                 for module, home in zip((vae, text_encoder), homes):
                     module.to(home)
     logger.info("latent cache: %s", cache.dir)
-    if d.high_motion_fraction is None:
-        return cache
-    scores = cache.motion_scores()
-    keep = select_high_motion(scores, d.high_motion_fraction)
-    logger.info("high-motion subset: %d of %d clips (motion score >= %.4f)", len(keep), len(scores),
-                min(scores[i] for i in keep))
-    return torch.utils.data.Subset(cache, keep)
+    dataset = cache
+    if d.high_motion_fraction is not None:
+        scores = cache.motion_scores()
+        keep = select_high_motion(scores, d.high_motion_fraction)
+        logger.info("high-motion subset: %d of %d clips (motion score >= %.4f)", len(keep), len(scores),
+                    min(scores[i] for i in keep))
+        dataset = torch.utils.data.Subset(cache, keep)
+    return InMemory(dataset) if d.in_memory else dataset
+
+
+class InMemory(torch.utils.data.Dataset):
+    """`dataset`'s items, read (or rendered) once and then held in memory (`data.in_memory`).
+
+    Items are made in `num_workers` forked processes and come back pickled through pipes as numpy arrays, not as
+    torch's shared-memory tensors: thousands of those would hold as many file descriptors, and a container's
+    /dev/shm is often small.
+    """
+
+    def __init__(self, dataset, num_workers: int | None = None, progress: bool = True):
+        import multiprocessing
+
+        from tqdm.auto import tqdm
+
+        if num_workers is None:
+            num_workers = min(15, (os.cpu_count() or 1) - 1) if len(dataset) >= 512 else 0
+        self.source = dataset  # what was read: a LatentCache (or a Subset of one) or the raw clips
+        indices = range(len(dataset))
+        bar = dict(total=len(dataset), desc="into memory", unit="item", disable=not progress)
+        if num_workers > 0:
+            global _IN_MEMORY_SOURCE
+            _IN_MEMORY_SOURCE = dataset  # inherited by the forked workers
+            with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+                items = list(tqdm(pool.imap(_numpy_item, indices, chunksize=64), **bar))
+        else:
+            items = [_as_numpy(dataset[i]) for i in tqdm(indices, **bar)]
+        self.items = [{k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in it.items()}
+                      for it in items]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict:
+        return self.items[index]
+
+
+_IN_MEMORY_SOURCE = None
+
+
+def _as_numpy(item: dict) -> dict:
+    return {k: v.numpy() if torch.is_tensor(v) else v for k, v in item.items()}
+
+
+def _numpy_item(index: int) -> dict:
+    return _as_numpy(_IN_MEMORY_SOURCE[index])
 
 
 def collate(items: list[dict]) -> dict:

@@ -6,6 +6,9 @@
   phrasings the training captions never produce (tests/test_eval.py enumerates every training caption to prove
   it). It is kept out of training and out of recipe decisions, so it measures how the model understands text
   it was not fitted to;
+- "validation": the 120 prompts of `data.shapes.validation_prompts`, one per canonical prompt, in phrasings of a
+  grammar held out of training (tests/test_eval.py proves no training caption equals one) that always name the
+  speed. It is the set to tune recipe decisions on, so that "paraphrase" stays out of them;
 - any other value: a text file, one prompt a line (blank lines and lines starting with "#" skipped), read with
   `data.shapes.parse_caption`.
 
@@ -17,10 +20,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..data.shapes import VIDEO_HELD_OUT_PAIRS, canonical_prompts, parse_caption
+from ..data.shapes import VIDEO_HELD_OUT_PAIRS, canonical_prompts, parse_caption, validation_prompts
 
 PARAPHRASE_FILE = Path(__file__).resolve().parent / "prompts" / "paraphrases.txt"
-PROMPT_SETS = ("canonical", "paraphrase")
+PROMPT_SETS = ("canonical", "paraphrase", "validation")
 DEFAULT_PROMPT_SET = "canonical"
 
 
@@ -45,9 +48,10 @@ def target_of(text: str, where: str = "") -> dict:
 
 
 def load_prompt_set(name_or_path: str | Path) -> list[dict]:
-    """The prompts of "canonical", "paraphrase" or a prompt file (see module docstring)."""
-    if name_or_path == "canonical":
-        return [{**p, "held_out": (p["colour"], p["shape"]) in VIDEO_HELD_OUT_PAIRS} for p in canonical_prompts()]
+    """The prompts of "canonical", "paraphrase", "validation" or a prompt file (see module docstring)."""
+    generated = {"canonical": canonical_prompts, "validation": validation_prompts}
+    if name_or_path in generated:
+        return [{**p, "held_out": (p["colour"], p["shape"]) in VIDEO_HELD_OUT_PAIRS} for p in generated[name_or_path]()]
     path = PARAPHRASE_FILE if name_or_path == "paraphrase" else Path(name_or_path)
     if not path.is_file():
         raise ValueError(f"prompt set {str(name_or_path)!r} is neither one of {list(PROMPT_SETS)} nor a file")

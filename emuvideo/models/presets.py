@@ -76,6 +76,29 @@ PRESETS: dict[str, Preset] = {
         vae=_vae((8, 16, 32, 32), sample_size=64, groups=8),
         temporal_head_dim=32,
     ),
+    # Autoencoder variants of the second model (issue 17; docs/evaluation.md): the paper's 8 latent channels at
+    # 8x downsampling (8x8x8 latents; the U-Net is the default's but for its input/output channels) ...
+    "default_c8": Preset(
+        unet={**_unet((32, 64), heads=2, cross_dim=384, sample_size=8,
+                      down=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+                      up=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D")), "in_channels": 8, "out_channels": 8},
+        vae=_vae((8, 16, 32, 32), latent_channels=8, sample_size=64, groups=8),
+        temporal_head_dim=32,
+    ),
+    # ... and 4x downsampling (16x16x4 latents), with a conv-only first U-Net level at 16x16 so the attention
+    # levels stay at 8x8 and 4x4 (1.7x the default's forward time on a CPU, vs 3.5x without it).
+    "default_f4": Preset(
+        unet=_unet(
+            (32, 64, 64),
+            heads=2,
+            cross_dim=384,
+            sample_size=16,
+            down=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+            up=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        ),
+        vae=_vae((8, 16, 32), sample_size=64, groups=8),
+        temporal_head_dim=32,
+    ),
     # Stable Diffusion 1.5's U-Net (860M parameters), conv proj_in/out, 768-d CLIP text states, 64x64 latents.
     "sd15": Preset(
         unet=_unet((320, 640, 1280, 1280), heads=8, cross_dim=768, sample_size=64, layers=2),

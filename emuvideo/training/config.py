@@ -42,6 +42,12 @@ class DataConfig:
     sampling: Literal["fps", "even", "head"] = "fps"  # folder: how frames are taken from a clip
     crop: Literal["center", "random"] = "center"
     high_motion_fraction: float | None = None  # keep the top fraction of clips by motion score (paper §4 HQ FT)
+    # shapes: how a clip's caption is phrased, drawn anew every step (data/shapes.py::random_caption): "rich" (many
+    # synonyms, word orders and optional words, as people write) or "simple" (the first model's six templates)
+    captions: Literal["simple", "rich"] = "rich"
+    # hold the whole training set in memory: rendered or read once (in worker processes), then a batch costs no
+    # disk read or render. For a GPU, where a small model otherwise waits on its data loader.
+    in_memory: bool = False
     # latent cache: clips encoded once, keyed by everything that made them, so `train` and `finetune` on the same
     # clips share it. Default: the user cache dir, $EMUVIDEO_CACHE/latents, else $XDG_CACHE_HOME/emuvideo/latents,
     # else ~/.cache/emuvideo/latents (as Hugging Face caches under ~/.cache/huggingface). None: encode every step.

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import bitsandbytes as bnb
 import torch
 from torch import nn
 
@@ -32,6 +31,8 @@ def compute_dtype_for(device: str | torch.device) -> torch.dtype:
 def _to_nf4(
     linear: nn.Linear, device: torch.device, compute_dtype: torch.dtype, quant_storage: torch.dtype = torch.uint8
 ) -> bnb.nn.Linear4bit:
+    import bitsandbytes as bnb  # imported here: a run without quantization never loads it
+
     q = bnb.nn.Linear4bit(
         linear.in_features,
         linear.out_features,
@@ -111,6 +112,8 @@ def quantize_linear_layers(
 
 def is_nf4(module: nn.Module) -> bool:
     """True for a `Linear4bit` holding NF4 weights with double quantization."""
+    import bitsandbytes as bnb  # imported here: a run without quantization never loads it
+
     if not isinstance(module, bnb.nn.Linear4bit):
         return False
     state = module.weight.quant_state

@@ -23,15 +23,16 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.utils import set_seed
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from ..config import load_config, parse_overrides
 from ..data.shapes import FRAME_SIZE
-from ..data.sources import collate, training_data
+from ..data.sources import InMemory, collate, training_data
 from ..models.conditioning import KnownFrames, known_frames_conditioning
 from ..models.presets import build_unet2d, build_vae
 from ..models.text_encoder import load_minilm
-from ..pipelines.common import encode_prompt, to_uint8
+from ..pipelines.common import encode_frames, encode_prompt, to_uint8
 from ..schedules import make_sample_scheduler, make_train_scheduler, training_target
 from .config import TrainConfig
 from .trainer import Trainer, TrainResult, resolve_resume, run_lock
@@ -60,28 +61,33 @@ def drop_captions(captions: list[str], text_dropout: float) -> list[str]:
 class CaptionEncoder:
     """Frozen-text-encoder states `(B, L, D)` for captions, memoised per caption string.
 
-    The shapes world's captions come from a finite set of phrasings, so after the first epoch the
-    text encoder (over half of a step's time on CPU) is not run again.
+    The shapes world's captions come from a finite set of phrasings, so the text encoder (over half of a step's
+    time on CPU) runs less and less often. The memo holds at most `max_items` captions (about 50 KB each): the
+    rich grammar has ~10^6 phrasings, and a long run must not grow without bound.
     """
 
-    def __init__(self, tokenizer, text_encoder):
-        self.tokenizer, self.text_encoder, self.memo = tokenizer, text_encoder, {}
+    def __init__(self, tokenizer, text_encoder, max_items: int = 20_000):
+        self.tokenizer, self.text_encoder, self.memo, self.max_items = tokenizer, text_encoder, {}, max_items
 
     @torch.no_grad()
     def __call__(self, captions: list[str], device) -> torch.Tensor:
         missing = sorted({c for c in captions if c not in self.memo})
         if missing:
+            if len(self.memo) + len(missing) > self.max_items:
+                self.memo.clear()
+                missing = sorted(set(captions))
             states = encode_prompt(self.tokenizer, self.text_encoder, missing, device)
             self.memo.update(zip(missing, states))
         return torch.stack([self.memo[c] for c in captions]).to(device)
 
 
 # ---------------------------------------------------------------------------------------------- data
-def caption_for(spec: dict) -> str:
-    """A random phrasing of a clip's spec (python `random`, whose state the checkpoints restore)."""
+def caption_for(spec: dict, style: str) -> str:
+    """A random phrasing of a clip's spec in `style` (`data.captions`), drawn with python `random`, whose state the
+    checkpoints restore."""
     from ..data.shapes import ShapeSpec, random_caption
 
-    return random_caption(ShapeSpec(**spec), random)
+    return random_caption(ShapeSpec(**spec), random, style=style)
 
 
 # ---------------------------------------------------------------------------------------------- stages
@@ -127,6 +133,8 @@ def build_autoencoder_stage(cfg: TrainConfig) -> dict:
     vae = AutoencoderKL.from_pretrained(str(Path(cfg.init) / "vae")) if cfg.init else build_vae(cfg.preset)
     dataset = ShapesDataset("image", 1, cfg.data.fps, cfg.data.num_clips, seed=cfg.seed,
                             resolution=cfg.data.resolution or FRAME_SIZE)
+    if cfg.data.in_memory:
+        dataset = InMemory(dataset)
     if cfg.decoder_only:
         # Sharpen reconstructions after the diffusion models were trained on this latent space (as SD's
         # ft-MSE VAE did): the encoder is frozen, so every latent keeps its meaning.
@@ -174,8 +182,12 @@ def build_image_stage(cfg: TrainConfig) -> dict:
     encode_text = CaptionEncoder(tokenizer, text_encoder)
 
     def loss_fn(model, batch):
-        x = batch["latents"]  # (B, C, h, w)
-        captions = [caption_for(s) for s in batch["spec"]] if "spec" in batch else list(batch["caption"])
+        if "latents" in batch:
+            x = batch["latents"]  # (B, C, h, w)
+        else:  # no cache: the frozen VAE encodes the first frames, (B, 3, 1, H, W)
+            with torch.no_grad():
+                x = encode_frames(vae, batch["pixel_values"])[:, :, 0]
+        captions = [caption_for(s, cfg.data.captions) for s in batch["spec"]] if "spec" in batch else list(batch["caption"])
         captions = drop_captions(captions, cfg.text_dropout)
         return diffusion_loss(model, train_scheduler, x, encode_text(captions, x.device))
 
@@ -199,7 +211,8 @@ def build_image_stage(cfg: TrainConfig) -> dict:
 
 
 class _FirstFrames(torch.utils.data.Dataset):
-    """Items of a 1-frame training set as images: latents `(C, h, w)` (the image stage needs a cache)."""
+    """Items of a 1-frame training set as images: latents `(C, h, w)`, or without a cache pixel_values `(3, 1, H, W)`
+    that the step encodes."""
 
     def __init__(self, dataset):
         self.dataset = dataset
@@ -209,9 +222,8 @@ class _FirstFrames(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         item = dict(self.dataset[i])
-        if "latents" not in item:
-            raise ValueError("the image stage trains from the latent cache: set data.cache_dir")
-        item["latents"] = item["latents"][:, 0]
+        if "latents" in item:
+            item["latents"] = item["latents"][:, 0]
         return item
 
 
@@ -306,6 +318,7 @@ def run_stage(cfg: TrainConfig, resume: str | None = None) -> TrainResult:
             resolve_resume(Path(cfg.output_dir), resume)
         if cfg.init is not None and Path(cfg.init).is_dir():
             check_no_pickle(cfg.init, cfg.allow_pickle)
+        set_seed(cfg.seed)  # a model built fresh (the image U-Net, the autoencoder) starts from the same weights
         parts = BUILDERS[cfg.kind](cfg)
         trainer = Trainer(
             cfg, parts["model"], parts["loss_fn"], parts["dataset"], collate_fn=parts["collate_fn"],

@@ -21,6 +21,7 @@ import contextlib
 import copy
 import json
 import logging
+import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -205,10 +206,11 @@ def export_unet(trained, base_unet):
 
 
 def is_quantized_or_wrapped(unet) -> bool:
-    import bitsandbytes as bnb
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return any(isinstance(m, (bnb.nn.Linear4bit, BaseTunerLayer)) for m in unet.modules())
+    bnb = sys.modules.get("bitsandbytes")  # never imported: no layer can be a Linear4bit (and none must load it)
+    kinds = (BaseTunerLayer,) if bnb is None else (BaseTunerLayer, bnb.nn.Linear4bit)
+    return any(isinstance(m, kinds) for m in unet.modules())
 
 
 @contextlib.contextmanager
@@ -302,7 +304,7 @@ def build_video_stage(cfg: TrainConfig) -> dict:
         module.requires_grad_(False).eval()
     size = cfg.data.resolution or pipe.image_to_video.default_size
     dataset = training_data(cfg, pipe.vae, pipe.tokenizer, pipe.text_encoder, size)
-    cached = isinstance(dataset, (LatentCache, torch.utils.data.Subset))
+    cached = isinstance(getattr(dataset, "source", dataset), (LatentCache, torch.utils.data.Subset))
     text_cached = cached and cfg.data.source not in CAPTIONS_PER_STEP
     train_scheduler = make_train_scheduler(cfg.objective)
     encode_text = CaptionEncoder(pipe.tokenizer, pipe.text_encoder)
@@ -311,7 +313,7 @@ def build_video_stage(cfg: TrainConfig) -> dict:
             null_text = encode_text([""], device)
 
     def loss_fn(unet, batch):
-        captions = [caption_for(s) for s in batch["spec"]] if "spec" in batch else list(batch["caption"])
+        captions = [caption_for(s, cfg.data.captions) for s in batch["spec"]] if "spec" in batch else list(batch["caption"])
         captions = drop_captions(captions, cfg.text_dropout)  # "" where dropped
         dtype = WEIGHT_DTYPES[cfg.weight_dtype]
         if "latents" in batch:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import av
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
@@ -46,6 +45,8 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int) -> Path:
 
 
 def _write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
+    import av  # PyAV (FFmpeg) loads only where a video file is written or read
+
     t, h, w, _ = frames.shape
     frames = np.pad(frames, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)), mode="edge")
     with av.open(str(path), mode="w", format="mp4") as container:
@@ -67,6 +68,8 @@ def _write_gif(path: Path, frames: np.ndarray, fps: int) -> None:
 
 def read_frames(path: str | Path) -> tuple[np.ndarray, float]:
     """All frames `(T, H, W, 3)` uint8 and the average frame rate of a video file (for tests and evaluation)."""
+    import av
+
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
