@@ -151,7 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--lora", help="a LoRA folder from finetune, applied to the video U-Net")
     ev.add_argument("--lora-scale", type=float, default=1.0, help="strength of the LoRA (0 = base model; default: 1.0)")
     ev.add_argument("--prompts", help="canonical (15 pairs x 4 directions x 2 speeds), paraphrase (60 held-out "
-                    "phrasings) or a file, one prompt a line (default: canonical)")
+                    "phrasings), validation (120 phrasings for tuning recipes) or a file, one prompt a line "
+                    "(default: canonical)")
     ev.add_argument("--seeds", type=int, help="noise draws per prompt, each prompt x seed its own (default: 3)")
     ev.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 16)")
     ev.add_argument("--image-steps", type=int, dest="image_num_inference_steps", help="sampler steps of the "

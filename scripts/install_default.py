@@ -1,7 +1,8 @@
 """Copy a trained pipeline folder into the package as the shipped default (emuvideo/weights/default).
 
 Usage: python scripts/install_default.py runs/default/video_stage3/final [--vae runs/default/decoder_finetune/final/vae]
---vae swaps in a fine-tuned decoder (same encoder, so the latent space is unchanged).
+--vae swaps in a fine-tuned decoder (same encoder, so the latent space is unchanged); --image-unet the text-to-image
+U-Net of a run that continued it (same latent space).
 --interpolation takes the interpolation model (interpolation_unet/ and its settings) from another model
 folder, e.g. an interpolation run that started from an earlier video model.
 Only the pipeline's own files travel (model_index.json, configs, *.safetensors); the copy is made beside
@@ -16,7 +17,7 @@ from pathlib import Path
 from emuvideo.pipelines.loading import DEFAULT_MODEL_DIR
 
 
-def main(source: str, vae: str | None = None, interpolation: str | None = None) -> None:
+def main(source: str, vae: str | None = None, interpolation: str | None = None, image_unet: str | None = None) -> None:
     src = Path(source)
     if not (src / "model_index.json").is_file():
         raise SystemExit(f"{src} is not a pipeline folder (no model_index.json)")
@@ -26,6 +27,11 @@ def main(source: str, vae: str | None = None, interpolation: str | None = None) 
     if vae is not None:
         shutil.rmtree(tmp / "vae")
         shutil.copytree(vae, tmp / "vae")
+    if image_unet is not None:
+        if not (Path(image_unet) / "config.json").is_file():
+            raise SystemExit(f"{image_unet} is not a U-Net folder (no config.json)")
+        shutil.rmtree(tmp / "image_unet")
+        shutil.copytree(image_unet, tmp / "image_unet")
     if interpolation is not None:
         donor = Path(interpolation)
         donor_index = json.loads((donor / "model_index.json").read_text())
@@ -51,5 +57,6 @@ if __name__ == "__main__":
     parser.add_argument("source")
     parser.add_argument("--vae", help="a vae/ folder to use instead of the pipeline's")
     parser.add_argument("--interpolation", help="a model folder whose interpolation_unet/ to use")
+    parser.add_argument("--image-unet", help="an image_unet/ folder to use instead of the pipeline's")
     args = parser.parse_args()
-    main(args.source, args.vae, args.interpolation)
+    main(args.source, args.vae, args.interpolation, args.image_unet)

@@ -73,7 +73,7 @@ def render_data(folder: Path, clips: int, seed: int) -> None:
         spec = sample_spec(rng, NUM_FRAMES, FPS, pairs=VIDEO_PAIRS, direction=rng.choice(DIAGONALS),
                            speed=rng.choice(list(SPEEDS)))
         write_video(folder / f"clip{i:05d}.gif", render_clip(spec, NUM_FRAMES, FPS), FPS)
-        (folder / f"clip{i:05d}.txt").write_text(random_caption(spec, rng) + "\n")
+        (folder / f"clip{i:05d}.txt").write_text(random_caption(spec, rng, style="simple") + "\n")
     done.write_text(f"{clips} {seed}")
 
 

@@ -20,6 +20,10 @@ Usage:
     python scripts/train_second_model.py --out /tmp/smoke --budget smoke       # a CPU check of the plumbing (~6 min)
     (`bash scripts/train_default.sh` runs the chosen recipe stage by stage on a CPU)
 Writes OUT/summary.json after every phase.
+
+What one run of it showed (commit f8f110b, whose stage YAMLs it ran; one H200) is docs/evaluation.md §6.1: the
+autoencoder table, and video arms too short to choose between. The shipped second model came from the CPU runs of
+§6.2 instead (configs/stages/08-10).
 """
 
 from __future__ import annotations
