@@ -368,7 +368,8 @@ def test_shipped_model_stays_above_its_floor(tmp_path):
     colour, direction, speed, visible, single, size and path 6/6. Again after the keyframes fine-tune
     (configs/stages/06_keyframes.yaml): strict 5/6 (a held-out pair's shape), lenient 6/6, the rest 6/6.
     At the default 16 + 16 steps (pipelines.common.DEFAULT_STEPS; the runs above were at 25): strict 5/6, lenient
-    6/6, the rest 6/6 (shape 5/6). The floors leave a margin of one video each
+    6/6, the rest 6/6 (shape 5/6). The second model (issue 17: configs/stages/08 and 09; 13.5 s): strict 5/6 (a held-out
+    pair's shape), lenient 6/6, every other strict check 6/6. The floors leave a margin of one video each
     (a different CPU or BLAS may round differently); falling below them means the model got worse.
     """
     prompts = tmp_path / "smoke.txt"
@@ -378,5 +379,5 @@ def test_shipped_model_stays_above_its_floor(tmp_path):
     summary = json.loads(out.read_text())["summary"]
     strict = {a: r["k"] for a, r in summary["strict"]["all"].items()}
     lenient = {a: r["k"] for a, r in summary["lenient"]["all"].items()}
-    assert strict["all"] >= 4 and lenient["all"] >= 4, (strict, lenient)
+    assert strict["all"] >= 4 and lenient["all"] >= 5, (strict, lenient)
     assert all(strict[a] >= 5 for a in ("colour", "direction", "speed", "visible", "single", "size", "path")), strict
