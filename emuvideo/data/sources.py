@@ -164,7 +164,10 @@ class InMemory(torch.utils.data.Dataset):
         if num_workers > 0:
             global _IN_MEMORY_SOURCE
             _IN_MEMORY_SOURCE = dataset  # inherited by the forked workers
-            with multiprocessing.get_context("fork").Pool(num_workers) as pool:
+            # One torch thread per worker, as DataLoader's workers: an OpenMP pool the parent already used does
+            # not survive a fork, and a child entering it would hang.
+            with multiprocessing.get_context("fork").Pool(num_workers, initializer=torch.set_num_threads,
+                                                          initargs=(1,)) as pool:
                 items = list(tqdm(pool.imap(_numpy_item, indices, chunksize=64), **bar))
         else:
             items = [_as_numpy(dataset[i]) for i in tqdm(indices, **bar)]
