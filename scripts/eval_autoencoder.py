@@ -8,20 +8,10 @@ import argparse
 import random
 
 import numpy as np
-import torch
 from diffusers import AutoencoderKL
 
 from emuvideo.data.shapes import render_clip, sample_spec
-from emuvideo.pipelines.common import decode_frames, encode_frames, to_uint8
-
-
-def psnr_per_frame(vae: AutoencoderKL, frames: np.ndarray) -> np.ndarray:
-    """frames: (N, H, W, 3) uint8 -> PSNR (dB) of each frame's reconstruction."""
-    x = torch.from_numpy(frames).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, N, H, W)
-    with torch.no_grad():
-        recon = to_uint8(decode_frames(vae, encode_frames(vae, x)))[0].astype(np.float64)
-    mse = ((recon - frames.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-    return 10 * np.log10(255**2 / np.maximum(mse, 1e-10))
+from emuvideo.evaluation.autoencoder import psnr_per_frame
 
 
 def main() -> None:

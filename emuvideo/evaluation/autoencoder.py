@@ -13,10 +13,11 @@ import random
 import numpy as np
 import torch
 
-from ..data.shapes import REFERENCE_FPS, VIDEO_HELD_OUT_PAIRS, canonical_caption, render_clip, sample_spec
+from ..data.shapes import REFERENCE_FPS, canonical_caption, render_clip, sample_spec
 from ..pipelines.common import decode_frames, encode_frames, to_uint8
-from .evaluate import judge_clip
-from .stats import wilson_interval
+from .evaluate import EvalReport, judge_clip
+from .interpolation import psnr
+from .prompt_sets import target_of
 
 
 @torch.no_grad()
@@ -30,10 +31,9 @@ def reconstruct(vae, frames: np.ndarray, chunk: int = 256) -> np.ndarray:
     return np.concatenate(out)
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Per-frame PSNR (dB) of two (N, H, W, 3) uint8 stacks."""
-    mse = ((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean(axis=(1, 2, 3))
-    return 10 * np.log10(255**2 / np.maximum(mse, 1e-10))
+def psnr_per_frame(vae, frames: np.ndarray) -> np.ndarray:
+    """(N, H, W, 3) uint8 frames -> the PSNR (dB) of each frame's reconstruction through `vae`."""
+    return np.array([psnr(r, f) for r, f in zip(reconstruct(vae, frames), frames)])
 
 
 def autoencoder_report(vae, num_frames: int = 256, num_clips: int = 64, seed: int = 1) -> dict:
@@ -44,23 +44,15 @@ def autoencoder_report(vae, num_frames: int = 256, num_clips: int = 64, seed: in
     """
     rng = random.Random(seed)
     stills = np.stack([render_clip(sample_spec(rng, 1, REFERENCE_FPS), 1)[0] for _ in range(num_frames)])
-    p = psnr(reconstruct(vae, stills), stills)
-    verdicts, true_all = [], 0
+    p = psnr_per_frame(vae, stills)
+    report, true_all = EvalReport(), 0
     for i in range(num_clips):
         spec = sample_spec(random.Random(40_000 + i), 16, REFERENCE_FPS)
         clip = render_clip(spec, 16, REFERENCE_FPS)
-        target = {"colour": spec.colour, "shape": spec.shape, "direction": spec.direction, "speed": spec.speed,
-                  "prompt": canonical_caption(spec.colour, spec.shape, spec.direction, spec.speed),
-                  "held_out": (spec.colour, spec.shape) in VIDEO_HELD_OUT_PAIRS}
-        verdicts.append(judge_clip(reconstruct(vae, clip), REFERENCE_FPS, target)["strict"])
+        target = target_of(canonical_caption(spec.colour, spec.shape, spec.direction, spec.speed))
+        report.rows.append({"strict": judge_clip(reconstruct(vae, clip), REFERENCE_FPS, target)["strict"]})
         true_all += judge_clip(clip, REFERENCE_FPS, target)["strict"]["all"]
-    strict = {}
-    for attribute in verdicts[0]:
-        k = sum(bool(v[attribute]) for v in verdicts)
-        low, high = wilson_interval(k, len(verdicts))
-        strict[attribute] = {"k": k, "n": len(verdicts), "rate": k / len(verdicts), "low": low, "high": high}
     return {"psnr_mean": float(p.mean()), "psnr_min": float(p.min()), "frames": num_frames, "clips": num_clips,
-            "strict": strict, "true_clips_strict_all": true_all / num_clips}
+            "strict": report.rates("strict", "all"), "true_clips_strict_all": true_all / num_clips}
 
-
-__all__ = ["autoencoder_report", "psnr", "reconstruct"]
+__all__ = ["autoencoder_report", "psnr_per_frame", "reconstruct"]
