@@ -7,15 +7,33 @@ import gc
 import importlib
 import logging
 import math
+import re
 import sys
 from pathlib import Path
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a command stopped with Ctrl+C
+
+logger = logging.getLogger(__name__)
 
 
 class CLIError(ValueError):
     """A bad argument, reported as one line on stderr."""
+
+
+class _CommandParser(argparse.ArgumentParser):
+    """The parser of a subcommand: an unknown flag after `emuvideo generate` is reported with generate's usage.
+
+    argparse hands what a subparser does not know back to the top-level parser (`parse_known_args`), which
+    then prints `emuvideo`'s usage, not the command's; here the subparser reports it itself.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self.error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, extras
 
 
 # ---------------------------------------------------------------------------------------------- options
@@ -36,33 +54,45 @@ def _add_speed_options(p: argparse.ArgumentParser, sampler: bool = True) -> None
 
 def _add_sampling_options(p: argparse.ArgumentParser) -> None:
     # Defaults live in the pipelines' signatures; None here means "the pipeline's default".
-    p.add_argument("--model", help="model folder or Hub id (default: the model shipped with emuvideo)")
-    p.add_argument("--variant", help="load the weight files of this variant, e.g. fp16 for "
+    p.add_argument("--model", metavar="PATH", help="model folder or Hub id (default: the model shipped with emuvideo)")
+    p.add_argument("--variant", metavar="NAME", help="load the weight files of this variant, e.g. fp16 for "
                    "diffusion_pytorch_model.fp16.safetensors (default: the plain files)")
-    p.add_argument("--negative-prompt", help="what the unconditional branch steers away from (default: empty)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed; each prompt uses it (default: 0)")
-    p.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 16, from the "
-                   "step curve in docs/performance.md; --interpolate: 25)")
-    p.add_argument("--num-frames", type=int, help="frames per video (default: the model's training length)")
-    p.add_argument("--fps", type=int, help="frame rate of the written file (default: the model's)")
-    p.add_argument("--height", type=int, help="frame height in pixels (default: the model's training size)")
-    p.add_argument("--width", type=int, help="frame width in pixels (default: the model's training size)")
-    p.add_argument("--guidance-image", type=float, help="w_i, image guidance scale (default: 2.0)")
-    p.add_argument("--guidance-text", type=float, help="w_p, text guidance scale (default: 7.5)")
-    p.add_argument("--lora", action="append", help="a LoRA for the video U-Net: a folder from finetune or a "
-                   "diffusers .safetensors file; repeat for several")
-    p.add_argument("--lora-scale", action="append", type=float, help="strength of each --lora, in order, or one "
-                   "for all (default: 1.0; 0 = base model)")
-    p.add_argument("--image-lora", action="append", help="a Stable Diffusion LoRA (diffusers or kohya .safetensors, "
-                   "or its folder) for the image stage; repeat for several")
-    p.add_argument("--image-lora-scale", action="append", type=float, help="strength of each --image-lora, in "
-                   "order, or one for all (default: 1.0)")
+    p.add_argument("--negative-prompt", metavar="TEXT", help="what the unconditional branch steers away from "
+                   "(default: empty)")
+    p.add_argument("--seed", type=int, default=0, metavar="N", help="noise seed; each prompt uses it (default: 0)")
+    p.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N", help="sampler steps (default: 16, "
+                   "where the shipped model's quality stops improving; --interpolate: 25)")
+    p.add_argument("--num-frames", type=int, metavar="N", help="frames per video (default: the model's training "
+                   "length)")
+    p.add_argument("--fps", type=int, metavar="N", help="frame rate of the written file (default: the model's)")
+    p.add_argument("--height", type=int, metavar="PX", help="frame height in pixels (default: the model's training "
+                   "size)")
+    p.add_argument("--width", type=int, metavar="PX", help="frame width in pixels (default: the model's training size)")
+    p.add_argument("--guidance-image", type=float, metavar="S", help="w_i, image guidance scale (default: 2.0)")
+    p.add_argument("--guidance-text", type=float, metavar="S", help="w_p, text guidance scale (default: 7.5)")
+    p.add_argument("--lora", action="append", metavar="PATH", help="a LoRA for the video U-Net: a folder from "
+                   "finetune or a diffusers .safetensors file; repeat for several")
+    p.add_argument("--lora-scale", action="append", type=float, metavar="S", help="strength of each --lora, in "
+                   "order, or one for all (default: 1.0; 0 = base model)")
+    p.add_argument("--image-lora", action="append", metavar="PATH", help="a Stable Diffusion LoRA (diffusers or "
+                   "kohya .safetensors, or its folder) for the image stage; repeat for several")
+    p.add_argument("--image-lora-scale", action="append", type=float, metavar="S", help="strength of each "
+                   "--image-lora, in order, or one for all (default: 1.0)")
     p.add_argument("--interpolate", type=int, metavar="FACTOR", help="multiply the frame rate (and frame count) "
                    "by FACTOR with the interpolation model, key frames kept (the shipped model: 2 or 4)")
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    _add_device(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_speed_options(p)
     _add_allow_pickle(p)
+
+
+# `--device` values, checked before torch is imported: torch's own error for a wrong one is a traceback.
+DEVICES = "auto, cpu, cuda, cuda:N (e.g. cuda:1) or mps"
+_DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?|mps"
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help=f"{DEVICES} (default: auto, cuda if available, else cpu)")
 
 
 def _add_allow_pickle(p: argparse.ArgumentParser) -> None:
@@ -79,45 +109,53 @@ def build_parser() -> argparse.ArgumentParser:
         "code 2.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__import__('emuvideo').__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_CommandParser)
 
     gen = sub.add_parser("generate", help="text -> image -> video")
-    gen.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
-    gen.add_argument("--prompt-file", help="a text file, one prompt a line")
-    gen.add_argument("--output", help="the video file for one prompt (.mp4 or .gif)")
-    gen.add_argument("--output-dir", help="a folder for several videos: 000.mp4, 001.mp4, ... in prompt order")
+    gen.add_argument("--prompt", action="append", default=[], metavar="TEXT", help="a prompt (repeatable)")
+    gen.add_argument("--prompt-file", metavar="FILE", help="a text file, one prompt a line (blank lines and lines "
+                     "starting with # are skipped)")
+    gen.add_argument("--output", metavar="FILE", help="the video file for one prompt (.mp4 or .gif)")
+    gen.add_argument("--output-dir", metavar="DIR", help="a folder for several videos: 000.mp4, 001.mp4, ... in "
+                     "prompt order; files of those names already there are refused unless --overwrite")
+    gen.add_argument("--overwrite", action="store_true", help="with --output-dir: replace the files of those names")
     gen.add_argument("--format", choices=("mp4", "gif"), help="file type (default: mp4 with --output-dir; with "
                      "--output, its extension, which must agree)")
     gen.add_argument("--save-image", action="store_true", help="also write each generated first frame (.png)")
-    gen.add_argument("--image-steps", type=int, dest="image_num_inference_steps", help="sampler steps of the "
-                     "image stage (default: --steps)")
+    gen.add_argument("--image-steps", type=int, dest="image_num_inference_steps", metavar="N", help="sampler steps "
+                     "of the image stage (default: --steps)")
     _add_sampling_options(gen)
 
     ani = sub.add_parser("animate", help="bring an image to life: (image, text) -> video")
-    ani.add_argument("--image", required=True, help="the first frame (png, jpg, ...)")
-    ani.add_argument("--prompt", required=True, help="what happens in the video")
-    ani.add_argument("--output", required=True, help="the video file (.mp4 or .gif)")
-    ani.add_argument("--last-image", help="the last frame: a video that goes from --image to this image")
+    ani.add_argument("--image", required=True, metavar="FILE", help="the first frame (png, jpg, ...)")
+    ani.add_argument("--prompt", required=True, metavar="TEXT", help="what happens in the video")
+    ani.add_argument("--output", required=True, metavar="FILE", help="the video file (.mp4 or .gif)")
+    ani.add_argument("--last-image", metavar="FILE", help="the last frame: a video that goes from --image to this "
+                     "image")
+    ani.add_argument("-v", "--verbose", action="store_true", help="log what was done to each image: its size, mode "
+                     "and transparency, the resize and the crop")
     _add_sampling_options(ani)
 
     itp = sub.add_parser("interpolate", help="multiply a clip's frame rate with the interpolation model (key "
                          "frames kept)")
     itp.add_argument("video", help="the clip (.mp4 or .gif), at the model's frame size")
-    itp.add_argument("--factor", type=int, default=2, help="frame-rate multiplier: (T-1)*factor+1 frames from T "
-                     "(default: 2; the shipped model knows 2 and 4)")
-    itp.add_argument("--output", required=True, help="the new video file (.mp4 or .gif)")
-    itp.add_argument("--prompt", default="", help="what the clip shows (default: none)")
-    itp.add_argument("--model", help="model folder or Hub id (default: the model shipped with emuvideo)")
-    itp.add_argument("--seed", type=int, default=0, help="noise seed (default: 0)")
-    itp.add_argument("--steps", type=int, dest="num_inference_steps", default=25, help="sampler steps (default: 25)")
-    itp.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    itp.add_argument("--factor", type=int, default=2, metavar="N", help="frame-rate multiplier: (T-1)*factor+1 "
+                     "frames from T (default: 2; the shipped model knows 2 and 4)")
+    itp.add_argument("--output", required=True, metavar="FILE", help="the new video file (.mp4 or .gif)")
+    itp.add_argument("--prompt", default="", metavar="TEXT", help="what the clip shows (default: none)")
+    itp.add_argument("--model", metavar="PATH", help="model folder or Hub id (default: the model shipped with "
+                     "emuvideo)")
+    itp.add_argument("--seed", type=int, default=0, metavar="N", help="noise seed (default: 0)")
+    itp.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N", help="sampler steps "
+                     "(default: 25)")
+    _add_device(itp)
     itp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_speed_options(itp, sampler=False)
     _add_allow_pickle(itp)
 
     sub.add_parser("info", help="versions, device, attention backend, where the default model lives")
 
-    train = sub.add_parser("train", help="run a training stage from a YAML config (configs/stages/, configs/video/)")
+    train = sub.add_parser("train", help="run a training stage from a YAML config (a file or a packaged config)")
     train.add_argument("--config", required=True, help="a YAML file, or the name of a packaged config "
                        "(e.g. 02_video_stage1, sd_stage1)")
     train.add_argument("--model", help="video stages: the model to start from (a Stable-Diffusion-style or emuvideo "
@@ -132,7 +170,7 @@ def build_parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("finetune", help="fine-tune the video model on your clips (LoRA / QLoRA / full)")
     ft.add_argument("--data", required=True, help="folder of clips with .txt captions or metadata.jsonl/.csv")
     ft.add_argument("--config", help="a YAML file, or a packaged config's name: lora, qlora, full (default: the "
-                    "values of configs/finetune/lora.yaml)")
+                    "values of the packaged config lora)")
     ft.add_argument("--output-dir", help="the run folder (default: runs/finetune)")
     ft.add_argument("--model", help="base model folder or Hub id (default: the shipped model)")
     ft.add_argument("--resume", help="'latest' or a checkpoint folder")
@@ -153,20 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", help="canonical (15 pairs x 4 directions x 2 speeds), paraphrase (60 held-out "
                     "phrasings), validation (120 phrasings for tuning recipes) or a file, one prompt a line "
                     "(default: canonical)")
-    ev.add_argument("--seeds", type=int, help="noise draws per prompt, each prompt x seed its own (default: 3)")
-    ev.add_argument("--steps", type=int, dest="num_inference_steps", help="sampler steps (default: 16)")
-    ev.add_argument("--image-steps", type=int, dest="image_num_inference_steps", help="sampler steps of the "
-                    "image stage (default: --steps)")
-    ev.add_argument("--batch-size", type=int, default=8, help="videos per pipeline call (default: 8)")
+    ev.add_argument("--seeds", type=int, metavar="N", help="noise draws per prompt, each prompt x seed its own "
+                    "(default: 3)")
+    ev.add_argument("--steps", type=int, dest="num_inference_steps", metavar="N", help="sampler steps (default: 16)")
+    ev.add_argument("--image-steps", type=int, dest="image_num_inference_steps", metavar="N", help="sampler steps "
+                    "of the image stage (default: --steps)")
+    ev.add_argument("--batch-size", type=int, default=8, metavar="N", help="videos per pipeline call (default: 8)")
     ev.add_argument("--videos", help="score the .mp4/.gif clips of this folder (name order) instead of generating")
     ev.add_argument("--captions", help="with --videos: one caption a line, the i-th for the i-th clip")
     ev.add_argument("--json", help="write the summary and every verdict to this JSON file")
-    ev.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    _add_device(ev)
     ev.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_speed_options(ev)
     _add_allow_pickle(ev)
-    # eval samples at the model's own length, size and fps; these let it share `_check_sampling`.
-    ev.set_defaults(num_frames=None, fps=None, height=None, width=None)
 
     est = sub.add_parser(
         "estimate-memory",
@@ -182,10 +219,10 @@ def build_parser() -> argparse.ArgumentParser:
     est.add_argument("--frames", type=int, help="frames per clip (default: the config's data.num_frames)")
     est.add_argument("--size", type=int, help="frame side in pixels (default: data.resolution, else the model's)")
     est.add_argument("--batch", type=int, help="clips per step (default: the config's batch_size)")
-    est.add_argument("--budget", help="a card size such as 24GB: estimate every video config of configs/ and "
-                     "list those that fit, smallest first")
-    est.add_argument("--configs-dir", default=str(Path(__file__).resolve().parent.parent / "configs"),
-                     help="where --budget looks for configs (default: the checkout's configs/)")
+    est.add_argument("--budget", help="a card size such as 24GB: estimate every video config written for the "
+                     "model size asked, list those that fit, smallest first, and what would fit the nearest misses")
+    est.add_argument("--configs-dir", help="where --budget looks for configs (default: the packaged configs, the "
+                     "ones --config NAME finds)")
     est.add_argument("--json", help="also write the estimate(s) to this JSON file")
 
     lora = sub.add_parser("lora", help="LoRA utilities")
@@ -196,28 +233,43 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--model", help="base model (default: the shipped model)")
     _add_allow_pickle(merge)
     merge.add_argument("--lora-scale", type=float, default=1.0, help="strength baked in (default: 1.0)")
+
+    ren = sub.add_parser("render", help="write a folder of shapes-world practice clips (GIF + caption) that "
+                         "`emuvideo finetune --data` reads")
+    ren.add_argument("--out", required=True, help="the clip folder (must be empty or new)")
+    ren.add_argument("--clips", type=int, required=True, help="how many clips")
+    ren.add_argument("--seed", type=int, default=0, help="the folder is reproducible from it (default: 0)")
+    ren.add_argument("--frames", type=int, default=16, help="frames per clip, at 8 fps (default: 16)")
+    ren.add_argument("--size", type=int, default=64, help="frame side in pixels (default: 64)")
+    ren.add_argument("--format", choices=("gif", "mp4"), default="gif", help="clip files (default: gif)")
+    ren.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     return parser
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def _check_sampling(args) -> None:
-    if args.num_frames is not None and args.num_frames < 1:
-        raise CLIError(f"--num-frames must be >= 1, got {args.num_frames}")
-    if args.num_inference_steps is not None and args.num_inference_steps < 1:
-        raise CLIError(f"--steps must be >= 1, got {args.num_inference_steps}")
-    image_steps = getattr(args, "image_num_inference_steps", None)
-    if image_steps is not None and image_steps < 1:
-        raise CLIError(f"--image-steps must be >= 1, got {image_steps}")
-    if args.fps is not None and args.fps < 1:
-        raise CLIError(f"--fps must be >= 1, got {args.fps}")
-    for name in ("height", "width"):
-        value = getattr(args, name)
+# Counts that must be >= 1 (argument dest -> flag), on whichever command has them.
+_COUNTS = {"num_frames": "--num-frames", "num_inference_steps": "--steps", "image_num_inference_steps": "--image-steps",
+           "fps": "--fps", "height": "--height", "width": "--width", "seeds": "--seeds", "batch_size": "--batch-size"}
+
+
+def _check_values(args) -> None:
+    """Counts >= 1, finite scales and a known --device: what needs no library, so that `main` checks it before
+    the ~5-7 s import of torch and a mistyped value is refused at once."""
+    for dest, flag in _COUNTS.items():
+        value = getattr(args, dest, None)
         if value is not None and value < 1:
-            raise CLIError(f"--{name} must be >= 1, got {value}")
+            raise CLIError(f"{flag} must be >= 1, got {value}")
     for name in ("guidance_image", "guidance_text"):
         value = getattr(args, name, None)
         if value is not None and not math.isfinite(value):
             raise CLIError(f"--{name.replace('_', '-')} must be a finite number, got {value}")
+    device = getattr(args, "device", None)
+    if device is not None and not re.fullmatch(_DEVICE_PATTERN, device):
+        raise CLIError(f"--device {device!r} is not a device; use {DEVICES}")
+
+
+def _check_sampling(args) -> None:
+    """The model folder and LoRA files (their checks import the library)."""
     if args.model is not None:
         from .pipelines.loading import looks_like_hub_id
 
@@ -232,10 +284,11 @@ def _check_sampling(args) -> None:
 def _read_prompts(args) -> list[str]:
     prompts = list(args.prompt)
     if args.prompt_file:
-        path = Path(args.prompt_file)
-        if not path.is_file():
+        from .evaluation.prompt_sets import read_prompt_lines
+
+        if not Path(args.prompt_file).is_file():
             raise CLIError(f"--prompt-file {args.prompt_file!r} does not exist")
-        prompts += [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        prompts += [text for _, text in read_prompt_lines(args.prompt_file)]  # blank and # comment lines skipped
     if not prompts:
         raise CLIError("give a prompt with --prompt TEXT or --prompt-file FILE")
     for p in prompts:
@@ -263,7 +316,13 @@ def _output_paths(args, n: int) -> list[Path]:
         if out.exists() and not out.is_dir():
             raise CLIError(f"--output-dir {args.output_dir!r} is a file")
         check_writable_dir(out, "--output-dir")
-        return [out / f"{i:03d}.{args.format or 'mp4'}" for i in range(n)]
+        paths = [out / f"{i:03d}.{args.format or 'mp4'}" for i in range(n)]
+        taken = [p.name for p in paths + [p.with_suffix(".png") for p in paths if args.save_image] if p.exists()]
+        if taken and not args.overwrite:
+            more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
+            raise CLIError(f"--output-dir {args.output_dir!r} already holds {taken[0]}{more}; pass --overwrite to "
+                           "replace them, or choose another folder")
+        return paths
     raise CLIError("give --output FILE.mp4 or --output-dir DIR")
 
 
@@ -284,6 +343,8 @@ def _device(name: str) -> str:
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise CLIError(f"--device {name!r}: CUDA is not available on this machine")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise CLIError(f"--device {name!r}: MPS (Apple GPU) is not available on this machine")
     return name
 
 
@@ -331,6 +392,7 @@ def _import_library(module: str = ".pipelines.loading") -> None:
 def cmd_generate(args) -> None:
     import torch
 
+    from .pipelines.common import INTERPOLATION_STEPS, numpy_to_uint8
     from .utils.video import save_image, write_video
 
     _check_sampling(args)
@@ -339,21 +401,30 @@ def cmd_generate(args) -> None:
     device = _device(args.device)
     pipe = _load(args, device)
     _interpolation(pipe, args.interpolate)  # a model without one, or an unknown factor: refused before sampling
-    for prompt, path in zip(prompts, outputs):
-        generator = torch.Generator(device).manual_seed(args.seed)
-        out = pipe(prompt, generator=generator, interpolate=args.interpolate,
-                   image_num_inference_steps=args.image_num_inference_steps, **_sampling_kwargs(args))
-        write_video(path, out.frames[0], out.fps)
-        print(path)
-        if args.save_image:
-            image_path = path.with_suffix(".png")
-            save_image(image_path, out.images[0])
-            print(image_path)
+    written = []
+    try:
+        for prompt, path in zip(prompts, outputs):
+            generator = torch.Generator(device).manual_seed(args.seed)
+            out = pipe(prompt, generator=generator, interpolate=args.interpolate,
+                       image_num_inference_steps=args.image_num_inference_steps,
+                       interpolation_num_inference_steps=args.num_inference_steps or INTERPOLATION_STEPS,
+                       **_sampling_kwargs(args))
+            write_video(path, numpy_to_uint8(out.frames[0]), out.fps)
+            written.append(path)
+            print(path)
+            if args.save_image:
+                image_path = path.with_suffix(".png")
+                save_image(image_path, numpy_to_uint8(out.images[0]))
+                print(image_path)
+    except KeyboardInterrupt:  # Ctrl+C: say what is on disk (each file is written whole or not at all)
+        done = f"{len(written)} of {len(outputs)} videos written, the last {written[-1]}" if written else ""
+        raise KeyboardInterrupt(f"interrupted; {done or 'nothing written'}") from None
 
 
 def cmd_animate(args) -> None:
     import torch
 
+    from .pipelines.common import INTERPOLATION_STEPS, numpy_to_uint8
     from .utils.video import check_video_path, load_image, write_video
 
     _check_sampling(args)
@@ -362,17 +433,37 @@ def cmd_animate(args) -> None:
     output = check_video_path(args.output)
     image = load_image(args.image)
     last_image = load_image(args.last_image) if args.last_image else None
+    if args.verbose:  # what reading did here; the pipeline logs the resize and crop of each frame at INFO
+        logging.getLogger("emuvideo").setLevel(logging.INFO)
+        for flag, path in (("--image", args.image), ("--last-image", args.last_image)):
+            if path is not None:
+                logger.info("%s %s", flag, _describe_image(path))
     device = _device(args.device)
     full = _load(args, device)
     interpolation = _interpolation(full, args.interpolate)
     generator = torch.Generator(device).manual_seed(args.seed)
     out = full.image_to_video(image, args.prompt, generator=generator, last_image=last_image,
-                              output_type="pt" if interpolation else "np", **_sampling_kwargs(args))
+                              output_type="latent" if interpolation else "np", **_sampling_kwargs(args))
     if interpolation:
-        out = interpolation(out.frames, args.prompt, factor=args.interpolate, generator=generator, fps=out.fps,
-                            num_inference_steps=args.num_inference_steps or 25)
-    write_video(output, out.frames[0], out.fps)
+        out = interpolation(None, args.prompt, factor=args.interpolate, generator=generator, fps=out.fps,
+                            num_inference_steps=args.num_inference_steps or INTERPOLATION_STEPS, video_latents=out.frames)
+    write_video(output, numpy_to_uint8(out.frames[0]), out.fps)
     print(output)
+
+
+def _describe_image(path: str) -> str:
+    """What `load_image` makes of the file at `path`: its size, mode and transparency, the EXIF turn."""
+    import PIL.Image
+
+    from .preprocessing import probe_image
+
+    with PIL.Image.open(path) as image:
+        mode, alpha = image.mode, image.has_transparency_data
+    probe = probe_image(path)  # upright size and EXIF rotation
+    steps = [f"turned {probe.rotation} degrees (EXIF orientation)"] if probe.rotation else []
+    steps += ["transparency composited on white"] if alpha else []
+    steps += [f"converted from {mode} to RGB"] if mode != "RGB" else []
+    return f"{path}: {probe.width}x{probe.height} {mode}" + (f"; {', '.join(steps)}" if steps else ", used as read")
 
 
 def _interpolation(pipe, factor: int | None):
@@ -390,10 +481,9 @@ def _interpolation(pipe, factor: int | None):
 def cmd_interpolate(args) -> None:
     import torch
 
+    from .pipelines.common import INTERPOLATION_STEPS, numpy_to_uint8
     from .utils.video import check_video_path, read_frames, write_video
 
-    if args.num_inference_steps < 1:
-        raise CLIError(f"--steps must be >= 1, got {args.num_inference_steps}")
     source = Path(args.video)
     if not source.is_file():
         raise CLIError(f"VIDEO {args.video!r}: no such file")
@@ -411,9 +501,9 @@ def cmd_interpolate(args) -> None:
     if (h, w) != (pipe.size, pipe.size):
         raise CLIError(f"VIDEO {args.video!r} is {w}x{h}; the interpolation model works on {pipe.size}x{pipe.size} clips")
     generator = torch.Generator(device).manual_seed(args.seed)
-    out = pipe(frames, args.prompt, factor=args.factor, num_inference_steps=args.num_inference_steps,
+    out = pipe(frames, args.prompt, factor=args.factor, num_inference_steps=args.num_inference_steps or INTERPOLATION_STEPS,
                generator=generator, fps=round(fps) or 8)
-    write_video(output, out.frames[0], out.fps)
+    write_video(output, numpy_to_uint8(out.frames[0]), out.fps)
     print(output)
 
 
@@ -445,7 +535,7 @@ def cmd_info(args) -> None:
         "torch": torch.__version__,
         "diffusers": diffusers.__version__,
         "transformers": transformers.__version__,
-        **{name: _version(name) for name in ("peft", "accelerate", "bitsandbytes", "safetensors", "imageio")},
+        **{name: _version(name) for name in ("peft", "accelerate", "bitsandbytes", "safetensors", "Pillow")},
         "PyAV": _version("av"),
         "device": f"cuda ({torch.cuda.get_device_name()})" if torch.cuda.is_available() else "cpu",
         "cpu threads": torch.get_num_threads(),
@@ -460,16 +550,65 @@ def cmd_info(args) -> None:
         print(f"{key + ':':16} {value}")
 
 
-def cmd_train(args) -> None:
-    from .training.stages import run_stage_from_cli
+def _training_overrides(args) -> dict:
+    """`--set key=value ...`, `--max-steps`, `--allow-pickle` (and finetune's `--output-dir`) as config overrides."""
+    from .config import parse_overrides
 
-    run_stage_from_cli(args)
+    overrides = parse_overrides(args.set)
+    if getattr(args, "output_dir", None) is not None:
+        overrides["output_dir"] = args.output_dir
+    if args.max_steps is not None:
+        overrides["max_steps"] = args.max_steps
+    if getattr(args, "allow_pickle", False):
+        overrides["allow_pickle"] = True
+    return overrides
+
+
+def _check_new_run(output_dir: str, resume: str | None, new_folder: str) -> None:
+    """Without --resume a run starts at step 0 and replaces the folder's final/: refused (before any model
+    loads) where an earlier run left checkpoints, which --resume latest would continue."""
+    from .training.checkpoints import checkpoints
+
+    found = checkpoints(Path(output_dir)) if resume is None else []
+    if found:
+        raise CLIError(f"output folder {output_dir!r} holds an earlier run (up to {found[-1].name}); pass --resume "
+                       f"latest to continue it, or choose a new folder ({new_folder})")
+
+
+def cmd_train(args) -> None:
+    from .config import load_config
+    from .training.config import TrainConfig
+    from .training.stages import run_stage
+
+    overrides = _training_overrides(args)
+    if args.model is not None:
+        local = Path(args.model).expanduser()
+        overrides["init"] = str(local.resolve()) if local.is_dir() else args.model
+    if args.data is not None:
+        if not Path(args.data).is_dir():
+            raise CLIError(f"--data {args.data!r}: no such folder")
+        overrides.setdefault("data", {}).update(source="folder", root=str(Path(args.data).resolve()))
+    cfg = load_config(TrainConfig, args.config, overrides)
+    if cfg.kind != "video" and args.model is not None:
+        raise CLIError(f"--model is for video stages; {args.config} trains kind: {cfg.kind} (set init instead)")
+    _check_new_run(cfg.output_dir, args.resume, "--set output_dir=DIR")
+    result = run_stage(cfg, resume=args.resume)
+    print(f"{result.output_dir} (step {result.step}, loss {result.last_loss:.4f})")
 
 
 def cmd_finetune(args) -> None:
-    from .training.finetune import run_finetune_from_cli
+    from accelerate import PartialState
 
-    run_finetune_from_cli(args)
+    from .training.finetune import finetune_config, run_finetune
+
+    cfg = finetune_config(args.config, _training_overrides(args))
+    if not Path(args.data).is_dir():
+        raise CLIError(f"--data {args.data!r}: no such folder")
+    _check_new_run(cfg.output_dir, args.resume, "--output-dir DIR")
+    logging.getLogger("emuvideo").setLevel(logging.INFO)  # the run's plan: clips kept, layers, attention, cache
+    result = run_finetune(cfg, args.data, model=args.model, resume=args.resume)
+    if PartialState().is_main_process:
+        print(f"{result.output_dir / 'final'} (step {result.step}, loss {result.last_loss:.4f})")
 
 
 def cmd_eval(args) -> None:
@@ -488,10 +627,7 @@ def cmd_eval(args) -> None:
         report = evaluate_videos(args.videos, args.captions, progress=not args.quiet)
     else:
         _check_sampling(args)  # --steps, --model, --lora
-        seeds = DEFAULT_SEEDS if args.seeds is None else args.seeds
-        for name, value in (("--seeds", seeds), ("--batch-size", args.batch_size)):
-            if value < 1:
-                raise CLIError(f"{name} must be >= 1, got {value}")
+        seeds = DEFAULT_SEEDS if args.seeds is None else args.seeds  # --seeds, --batch-size >= 1: `_check_values`
         prompt_set = args.prompts or DEFAULT_PROMPT_SET
         prompts = load_prompt_set(prompt_set)
         pipe = _load(args, _device(args.device))
@@ -509,12 +645,14 @@ def cmd_eval(args) -> None:
 
 def cmd_estimate_memory(args) -> None:
     import json
-    import os
 
-    from .config import load_config, parse_overrides
+    from . import config
+    from .config import config_name, load_config, parse_overrides
     from .training.config import TrainConfig
     from .training.finetune import finetune_config
-    from .training.memory import budget_configs, describe, measure_step, parse_bytes
+    from .training.memory import (NEAREST_MISSES, budget_configs, describe, describe_budget, fitting_changes,
+                                  measure_step, parse_bytes, preset_of_model)
+    from .training.throughput import forward_flops, project
 
     for name in ("frames", "size", "batch"):
         value = getattr(args, name)
@@ -525,34 +663,38 @@ def cmd_estimate_memory(args) -> None:
     overrides = parse_overrides(args.set)
     shape = dict(model=args.model, frames=args.frames, size=args.size, batch=args.batch)
 
-    def estimate(path):
-        cfg = load_config(TrainConfig, path, overrides) if path else finetune_config(None, overrides)
-        name = "finetune defaults" if path is None else os.path.relpath(path)
+    def load(path):
+        return load_config(TrainConfig, path, overrides) if path else finetune_config(None, overrides)
+
+    def estimate(path, cfg):
+        name = "finetune defaults" if path is None else config_name(path)
         return measure_step(cfg, preset=args.preset or cfg.preset, name=name, **shape)
 
     if args.budget is None:
-        one = estimate(args.config)
-        print(describe(one))
-        results = [one.to_dict()]
+        cfg = load(args.config)
+        one = estimate(args.config, cfg)
+        flops = forward_flops(cfg, args.preset or cfg.preset, args.model, one.frames, one.size, one.batch)
+        speed = project(cfg, flops, one.batch)
+        print(describe(one) + "\n" + speed.describe())
+        results = [dict(one.to_dict(), speed=speed.to_dict())]
     else:
         budget = parse_bytes(args.budget)
-        root = Path(args.configs_dir)
-        configs = budget_configs(root) if root.is_dir() else []
-        if not configs:
-            raise CLIError(f"--configs-dir {str(root)!r} holds no video training config")
+        root = Path(args.configs_dir) if args.configs_dir else config.CONFIGS_DIR
+        asked = args.preset or (preset_of_model(args.model) if args.model else None)
+        found, skipped = budget_configs(root, asked) if root.is_dir() else ([], {})
+        if not found:
+            written = f" written for preset {asked!r}" if asked else ""
+            raise CLIError(f"--configs-dir {str(root)!r} holds no video training config{written}")
         from tqdm.auto import tqdm
 
-        estimates = [estimate(path) for path in tqdm(configs, desc="estimating configs", disable=args.json == "-")]
-        rows = sorted(((e, e.card_bytes <= budget) for e in estimates), key=lambda r: r[0].card_bytes)
-        fitting = [e for e, ok in rows if ok]
-        print(f"configs that fit {args.budget} (whole-card need, smallest first):")
-        for e in fitting:
-            print(f"  {e.card_bytes / 2**30:6.2f} GiB  {e.name}  ({e.model}, {e.frames}x{e.size}², batch {e.batch})")
-        if not fitting:
-            print("  none")
-        too_big = [e for e, ok in rows if not ok]
-        if too_big:
-            print("too large: " + ", ".join(f"{e.name} ({e.card_bytes / 2**30:.1f} GiB)" for e in too_big))
+        cfgs = {path: load(path) for path in found}
+        done = [(estimate(p, c), c) for p, c in tqdm(cfgs.items(), desc="estimating configs", disable=args.json == "-")]
+        done.sort(key=lambda row: row[0].card_bytes)
+        rows = [(e, e.card_bytes <= budget) for e, _ in done]
+        misses = [(e, c) for e, c in done if e.card_bytes > budget][:NEAREST_MISSES]
+        changes = {e.name: fitting_changes(c, e, budget, args.preset or c.preset, args.model) for e, c in misses}
+        names = {preset: [config_name(p) for p in paths] for preset, paths in skipped.items()}
+        print(describe_budget(rows, args.budget, names, changes))
         results = [dict(e.to_dict(), fits=ok) for e, ok in rows]
     if args.json:
         from .utils.files import atomic_path
@@ -562,9 +704,20 @@ def cmd_estimate_memory(args) -> None:
 
 
 def cmd_lora(args) -> None:
-    from .training.lora import merge_lora_cli
+    from .training.lora import lora_specs, merge_lora
 
-    merge_lora_cli(args)
+    if args.lora_command != "merge":
+        raise CLIError(f"unknown lora command {args.lora_command!r}")
+    lora_specs(args.lora, args.lora_scale)  # a folder or a .safetensors file, a finite scale
+    print(merge_lora(args.model, args.lora, args.output, scale=args.lora_scale, allow_pickle=args.allow_pickle))
+
+
+def cmd_render(args) -> None:
+    from .data.shapes import write_clip_folder
+
+    paths = write_clip_folder(args.out, args.clips, seed=args.seed, num_frames=args.frames, size=args.size,
+                              suffix=f".{args.format}", progress=not args.quiet)
+    print(f"wrote {len(paths)} clips and captions to {args.out}")
 
 
 COMMANDS = {
@@ -577,15 +730,18 @@ COMMANDS = {
     "lora": cmd_lora,
     "estimate-memory": cmd_estimate_memory,
     "eval": cmd_eval,
+    "render": cmd_render,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    # Scoring existing clips needs torch (the judges) but no model; every other command loads or trains one.
-    _import_library("torch" if args.command == "eval" and args.videos is not None else ".pipelines.loading")
+    # Rendering clips and scoring existing ones need torch but no model; every other command loads or trains one.
+    light = args.command == "render" or (args.command == "eval" and args.videos is not None)
     try:
+        _check_values(args)  # before the import: a mistyped number is refused in a fraction of a second
+        _import_library("torch" if light else ".pipelines.loading")
         COMMANDS[args.command](args)
     except (ValueError, FileNotFoundError) as err:  # bad input: one line, no traceback
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -595,16 +751,17 @@ def main(argv: list[str] | None = None) -> int:
         message = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         print(f"emuvideo {args.command}: error: {message}", file=sys.stderr)
         return EXIT_FAILURE
-    except RuntimeError as err:  # a run that diverged (NaN loss) ends in one line too; anything else is a bug
+    except RuntimeError as err:  # a file that cannot be decoded, a run that diverged (NaN loss): one line too;
+        from .preprocessing import ClipDecodeError  # anything else is a bug
         from .training.trainer import TrainingDiverged
 
-        if not isinstance(err, TrainingDiverged):
+        if not isinstance(err, (ClipDecodeError, TrainingDiverged)):
             raise
-        print(f"emuvideo {args.command}: error: {err}", file=sys.stderr)
-        return EXIT_FAILURE
-    except KeyboardInterrupt as err:  # Ctrl+C; a training run says which checkpoint to resume from
-        print(f"emuvideo {args.command}: {err or 'interrupted'}", file=sys.stderr)
-        return 130
+        print(f"emuvideo {args.command}: error: {str(err).strip().splitlines()[0]}", file=sys.stderr)
+        return EXIT_USAGE if isinstance(err, ClipDecodeError) else EXIT_FAILURE
+    except KeyboardInterrupt as err:  # Ctrl+C; generate says what it wrote, a training run where to resume from
+        print(f"emuvideo {args.command}: {str(err) or 'interrupted'}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 0
 
 

@@ -128,6 +128,16 @@ def resolve_config(name: str | Path) -> Path:
     raise ValueError(f"config file {str(name)!r} does not exist, nor is it a packaged config ({', '.join(known)})")
 
 
+def config_name(path: str | Path) -> str:
+    """How to print a config file: `configs/finetune/qlora.yaml` for a packaged one (the name a checkout's docs
+    use, which `resolve_config` also accepts installed), else the path as given."""
+    path = Path(path)
+    try:
+        return "configs/" + path.resolve().relative_to(CONFIGS_DIR.resolve()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def read_yaml(path: Path) -> dict:
     """The mapping a YAML file holds, or a one-line error naming the file (and the line that does not parse)."""
     try:

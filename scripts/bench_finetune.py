@@ -6,7 +6,7 @@
 Every configuration runs in its own subprocess, so peaks never mix; the parent only collects, prints a
 table and writes JSON (`--out`) with ratios against the full fine-tune measured in the same run.
 
-- the U-Net is prepared by `emuvideo.training.finetune.prepare_unet` (what `emuvideo finetune` runs) from
+- the U-Net is prepared by `emuvideo.training.stages.video.prepare_unet` (what `emuvideo finetune` runs) from
   the overrides in `CONFIGS`, on top of the CLI's default config (configs/finetune/lora.yaml);
 - a step is `video_training_loss` + backward + optimizer step on random latents and text states of the
   model's shapes: the situation of a run training from the latent cache (no VAE or text encoder loaded);
@@ -66,8 +66,9 @@ def child(args) -> dict:
 
     from emuvideo.models.presets import build_video_unet, get_preset
     from emuvideo.schedules import make_train_scheduler
-    from emuvideo.training.finetune import finetune_config, prepare_unet
-    from emuvideo.training.stages import video_training_loss
+    from emuvideo.training.finetune import finetune_config
+    from emuvideo.training.losses import video_training_loss
+    from emuvideo.training.stages.video import prepare_unet
     from emuvideo.training.trainer import make_optimizer
 
     if args.threads:

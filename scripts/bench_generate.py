@@ -54,7 +54,7 @@ t2 = time.perf_counter()
 pipe = load_pipeline(sys.argv[1] or None); pipe.set_progress_bar_config(disable=True)
 t3 = time.perf_counter()
 prompt, g = "a yellow triangle moving up quickly", torch.Generator().manual_seed(0)
-image = pipe.text_to_image(prompt, generator=g, output_type="pt").images
+image = pipe.text_to_image(prompt, generator=g, output_type="np").images  # (1, H, W, 3) in [0, 1]
 t4 = time.perf_counter()
 latents = pipe.image_to_video(list(image), prompt, num_frames=16, generator=g, output_type="latent").frames
 t5 = time.perf_counter()
@@ -178,7 +178,7 @@ def load_config_pipeline(config: dict, model: str | None):
 
 
 def emuvideo_run(pipe, image, config: dict, seed: int):
-    """emuvideo's image-to-video pipeline: text + first frame -> decoded frames `(1, 3, T, H, W)`."""
+    """emuvideo's image-to-video pipeline: text + first frame -> frames `(1, T, 3, H, W)` in [0, 1] ("pt")."""
     import torch
 
     generator = torch.Generator(config["device"]).manual_seed(seed)
@@ -194,6 +194,7 @@ def diffusers_run(pipe, image, config: dict, seed: int):
     import torch
     from diffusers import DDIMScheduler
     from diffusers.utils.torch_utils import randn_tensor
+    from diffusers.video_processor import VideoProcessor
 
     device, dtype = torch.device(config["device"]), pipe.unet.dtype
     unet, vae, scheduler = pipe.unet, pipe.vae, DDIMScheduler.from_config(pipe.scheduler.config)
@@ -233,7 +234,8 @@ def diffusers_run(pipe, image, config: dict, seed: int):
         # decode every frame at once, as diffusers' video pipelines do
         z = latents[0].permute(1, 0, 2, 3).to(vae.dtype) / vae.config.scaling_factor  # (T, C, h, w)
         video = vae.decode(z).sample.clamp(-1, 1)
-    return video.permute(1, 0, 2, 3)[None]  # (1, 3, T, H, W)
+    # diffusers' own post-processing: (1, T, 3, H, W) in [0, 1], as emuvideo's "pt"
+    return VideoProcessor(do_resize=False).postprocess_video(video.permute(1, 0, 2, 3)[None].float(), "pt")
 
 
 class PeakMemory:

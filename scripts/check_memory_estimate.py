@@ -5,6 +5,11 @@ same two training steps run for real, for the rows of docs/memory.md.
 
 Each row builds the model twice (on meta, then on the GPU with random weights), prepares it with the same
 config, and runs the same steps (`emuvideo.training.memory.measure_step`). Prints a table with the ratio.
+
+Without a GPU, `--card-rule MEASUREMENTS.json` fits the whole-card rule to measured runs and prints predicted
+against measured card for each (`emuvideo.training.memory.card_rule_table`; docs/memory.md's table):
+
+    python scripts/check_memory_estimate.py --card-rule docs/perf/h200_memory.json --out docs/perf/card_rule_h200.json
 """
 
 from __future__ import annotations
@@ -19,9 +24,38 @@ from memory_table import table_parser, table_rows  # scripts/memory_table.py: th
 GiB = 2**30
 
 
+def card_rule(measurements_path: str, out: str) -> int:
+    import torch
+
+    from emuvideo.training.memory import card_rule_table
+
+    torch.set_num_threads(1)  # meta ops compute nothing
+    measurements = json.loads(Path(measurements_path).read_text())
+    (fragmentation, cache, context), rows = card_rule_table(measurements)
+    print(f"{measurements['device']}, torch {measurements['torch']}: reserved = peak x {1 + fragmentation:.3f} + "
+          f"{cache:.3f} x NF4-replaced weight bytes; card = reserved + {context / GiB:.2f} GiB (fitted on these "
+          f"{len(rows)} runs, in-sample)")
+    print("| mode | estimate | allocated | reserved: measured | reserved: rule | card: measured | card: rule "
+          "| card error |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        measured = f"{r['measured_card_bytes'] / GiB:.2f}" + ("" if r["card_read"] else " (derived)")
+        print(f"| {r['mode']} | {r['peak_bytes'] / GiB:.2f} | {r['allocated_bytes'] / GiB:.2f} "
+              f"| {r['reserved_bytes'] / GiB:.2f} | {r['predicted_reserved_bytes'] / GiB:.2f} | {measured} "
+              f"| {r['predicted_card_bytes'] / GiB:.2f} | {r['card_error']:+.1%} |")
+    fit = {"fragmentation": fragmentation, "quantized_cache": cache, "cuda_context_bytes": context}
+    Path(out).write_text(json.dumps({"measurements": measurements_path, "device": measurements["device"],
+                                     "torch": torch.__version__, "fit": fit, "rows": rows}, indent=1) + "\n")
+    return 0
+
+
 def main() -> int:
     parser = table_parser(__doc__.split("\n\n")[0], "memory_check.json")
+    parser.add_argument("--card-rule", metavar="MEASUREMENTS.json",
+                        help="no GPU: fit the whole-card rule to these measured runs and print the table")
     args = parser.parse_args()
+    if args.card_rule:
+        return card_rule(args.card_rule, args.out)
 
     import torch
 
@@ -42,8 +76,9 @@ def main() -> int:
             real = None
         gc.collect()
         torch.cuda.empty_cache()
+        reserved = torch.cuda.max_memory_reserved() if real else None  # the card rule's input (--card-rule)
         rows.append({"mode": name, "gradient_checkpointing": ckpt, "size": size,
-                     "estimate_bytes": estimate.peak_bytes, "measured_bytes": real})
+                     "estimate_bytes": estimate.peak_bytes, "measured_bytes": real, "reserved_bytes": reserved})
         measured = f"{real / GiB:.2f}" if real else "out of memory"
         ratio = f"{estimate.peak_bytes / real:.3f}" if real else "-"
         print(f"| {name} | {'yes' if ckpt else 'no'} | {args.frames}×{size}² | {estimate.peak_bytes / GiB:.2f} "

@@ -20,36 +20,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
-import statistics
 import subprocess
 import sys
 import time
-from collections import defaultdict
 
-LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
+from emuvideo.utils.benchmark import parse_importtime, summarise
+
 FLOOR = "import torch, diffusers, transformers"
-
-
-def parse_importtime(stderr: str) -> dict[str, dict[str, float]]:
-    """{top-level package: {"self": s, "cumulative": s, "modules": n}} from `-X importtime` output (µs -> s).
-
-    "cumulative" sums the package's entries from outside it: the lines whose importer is another package.
-    """
-    lines = [(int(m[1]), int(m[2]), len(m[3]) // 2, m[4]) for m in map(LINE.match, stderr.splitlines()) if m]
-    packages: dict[str, dict[str, float]] = defaultdict(lambda: {"self": 0.0, "cumulative": 0.0, "modules": 0})
-    importer: dict[int, str] = {}  # depth -> the module being imported at that depth
-    # A module's line comes after those of what it imported (depth + 1): read backwards, parents come first.
-    for self_us, cumulative_us, depth, name in reversed(lines):
-        importer[depth] = name
-        package = name.split(".")[0]
-        row = packages[package]
-        row["self"] += self_us / 1e6
-        row["modules"] += 1
-        parent = importer.get(depth - 1) if depth > 0 else None
-        if parent is None or parent.split(".")[0] != package:
-            row["cumulative"] += cumulative_us / 1e6
-    return dict(packages)
 
 
 def run_once(code: str) -> tuple[float, dict]:
@@ -61,17 +38,6 @@ def run_once(code: str) -> tuple[float, dict]:
         tail = [line for line in proc.stderr.splitlines() if not line.startswith("import time:")][-5:]
         raise SystemExit(f"the command failed (exit {proc.returncode}):\n" + "\n".join(tail))
     return wall, parse_importtime(proc.stderr)
-
-
-def summarise(runs: list[tuple[float, dict]]) -> dict:
-    names = sorted({name for _, packages in runs for name in packages})
-    rows = {}
-    for name in names:
-        rows[name] = {key: statistics.median(p.get(name, {}).get(key, 0.0) for _, p in runs)
-                      for key in ("self", "cumulative", "modules")}
-    total = statistics.median(sum(p["self"] for p in packages.values()) for _, packages in runs)
-    return {"wall_s": statistics.median(w for w, _ in runs), "imports_s": total,
-            "packages": dict(sorted(rows.items(), key=lambda kv: -kv[1]["self"]))}
 
 
 def main() -> None:

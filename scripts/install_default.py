@@ -15,6 +15,7 @@ import shutil
 from pathlib import Path
 
 from emuvideo.pipelines.loading import DEFAULT_MODEL_DIR
+from emuvideo.utils.files import plain_permissions
 
 
 def main(source: str, vae: str | None = None, interpolation: str | None = None, image_unet: str | None = None) -> None:
@@ -43,6 +44,7 @@ def main(source: str, vae: str | None = None, interpolation: str | None = None, 
         index["interpolation_unet"] = donor_index["interpolation_unet"]
         index["interpolation"] = donor_index["interpolation"]
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    plain_permissions(tmp)  # a copy keeps the 0o600 of weights safetensors wrote: make them readable by all
     old = DEFAULT_MODEL_DIR.with_name(".default.old")
     if DEFAULT_MODEL_DIR.exists():
         DEFAULT_MODEL_DIR.rename(old)

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from emuvideo.data.shapes import render_clip, sample_spec
+from emuvideo.pipelines.common import numpy_to_uint8
 from emuvideo.pipelines.loading import load_pipeline
 from emuvideo.utils.video import save_image, write_video
 
@@ -30,7 +31,9 @@ INTERPOLATE = "a green triangle moving left quickly"
 
 
 def upscale(frames: np.ndarray, factor: int = 2) -> np.ndarray:
-    """Nearest-neighbour enlargement so 64 px clips are visible on a page."""
+    """Nearest-neighbour enlargement so 64 px clips are visible on a page; a pipeline's "np" frames (float in
+    [0, 1]) become the uint8 a file holds."""
+    frames = numpy_to_uint8(frames) if frames.dtype != np.uint8 else frames
     return frames.repeat(factor, axis=1).repeat(factor, axis=2)
 
 

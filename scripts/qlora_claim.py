@@ -39,146 +39,29 @@ import argparse
 import json
 import os
 import platform
-import random
 import subprocess
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
-CONFIGS = REPO / "configs" / "experiments" / "qlora_claim"
-METHODS = ("full", "lora", "qlora", "qlora_paged")
+from emuvideo.experiments import spread
+from emuvideo.experiments.qlora_claim import METHODS, evaluate, finetune_command, render_data, table
 
 
-def config_path(method: str) -> Path:
-    """configs/experiments/qlora_claim/claim_METHOD.yaml (named apart from the packaged configs lora, qlora, full)."""
-    return CONFIGS / f"claim_{method}.yaml"
-
-CONCEPT_PAIRS = (("red", "circle"), ("green", "square"), ("blue", "triangle"),
-                 ("yellow", "circle"), ("white", "square"), ("red", "triangle"))  # one held-out video pair
-NUM_FRAMES, FPS = 16, 8
-
-
-def render_data(folder: Path, clips: int, seed: int) -> None:
-    """`clips` diagonal clips of the video pairs as GIF + caption (random phrasings), written once."""
-    from emuvideo.data.shapes import DIAGONALS, SPEEDS, VIDEO_PAIRS, random_caption, render_clip, sample_spec
-    from emuvideo.utils.video import write_video
-
-    done = folder / "DONE"
-    if done.is_file() and done.read_text() == f"{clips} {seed}":
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(seed)
-    for i in range(clips):
-        spec = sample_spec(rng, NUM_FRAMES, FPS, pairs=VIDEO_PAIRS, direction=rng.choice(DIAGONALS),
-                           speed=rng.choice(list(SPEEDS)))
-        write_video(folder / f"clip{i:05d}.gif", render_clip(spec, NUM_FRAMES, FPS), FPS)
-        (folder / f"clip{i:05d}.txt").write_text(random_caption(spec, rng, style="simple") + "\n")
-    done.write_text(f"{clips} {seed}")
-
-
-def concept_prompts() -> list[dict]:
-    from emuvideo.data.shapes import DIAGONALS, SPEEDS, VIDEO_HELD_OUT_PAIRS, canonical_caption
-
-    return [{"colour": c, "shape": s, "direction": d, "speed": sp, "prompt": canonical_caption(c, s, d, sp),
-             "held_out": (c, s) in VIDEO_HELD_OUT_PAIRS}
-            for c, s in CONCEPT_PAIRS for d in DIAGONALS for sp in SPEEDS]
-
-
-def train(method: str, args, data: Path, run: Path) -> dict:
-    """`emuvideo finetune` in a child process; its wall time and peak resident set."""
-    command = [sys.executable, "-m", "emuvideo.cli", "finetune", "--data", str(data),
-               "--config", str(config_path(method)), "--output-dir", str(run),
-               "--max-steps", str(args.steps), "--set", f"batch_size={args.batch_size}",
-               "--set", f"seed={args.train_seed}", "--set", f"optim.lr={args.lr}"]
-    if args.model:
-        command += ["--model", args.model]
+def train(method: str, data: Path, run: Path, steps: int, batch_size: int, seed: int, lr: float,
+          model: str | None = None) -> dict:
+    """`emuvideo finetune` in a child process, so that its wall time and peak resident set are its own (a run
+    stopped part way resumes; its seconds are then those after the resume)."""
+    command = finetune_command(method, data, run, steps, batch_size, seed, lr, model)
     start = time.perf_counter()
-    with open(run.parent / f"{run.name}.log", "w") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    log_path = Path(run).parent / f"{Path(run).name}.log"
+    with open(log_path, "a") as log:
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{method}: emuvideo finetune failed; see {run.parent / f'{run.name}.log'}")
+        raise SystemExit(f"{method}: emuvideo finetune failed; see {log_path}")
     return {"command": " ".join(command), "seconds": round(seconds, 1),
             "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}  # Linux: kilobytes
-
-
-def load(method: str | None, run: Path | None, args):
-    from emuvideo.loaders import apply_loras
-    from emuvideo.pipelines.loading import load_pipeline
-
-    if method == "full":
-        return load_pipeline(run / "final")
-    pipe = load_pipeline(args.model)
-    if method is not None:  # LoRA and QLoRA: the adapter on the full-precision base, as a user loads it
-        apply_loras(pipe, [(str(run / "final"), 1.0)])
-    return pipe
-
-
-def judge_concept(pipe, prompts: list[dict], seeds: int, sampling: dict, batch_size: int = 8) -> list[dict]:
-    """Animate a rendered first frame of each prompt x seed; the strict verdicts, one row per video."""
-    import torch
-    from tqdm import tqdm
-
-    from emuvideo.data.shapes import render_clip, sample_spec
-    from emuvideo.evaluation.evaluate import _row, prompt_seed
-
-    rows = []
-    jobs = [(p, seed) for seed in range(seeds) for p in prompts]
-    with tqdm(total=len(jobs), desc="new concept", unit="video") as bar:
-        for start in range(0, len(jobs), batch_size):
-            chunk = jobs[start : start + batch_size]
-            firsts = []
-            for p, seed in chunk:
-                rng = random.Random(prompt_seed(p["prompt"], seed))
-                spec = sample_spec(rng, NUM_FRAMES, FPS, colour=p["colour"], shape=p["shape"],
-                                   direction=p["direction"], speed=p["speed"])
-                firsts.append(render_clip(spec, 1, FPS)[0])
-            generators = [torch.Generator().manual_seed(prompt_seed(p["prompt"], seed)) for p, seed in chunk]
-            out = pipe.image_to_video(firsts, [p["prompt"] for p, _ in chunk], generator=generators,
-                                      output_type="np", **sampling)
-            for (p, seed), frames in zip(chunk, out.frames):
-                rows.append(_row(p, seed, None, frames, out.fps))
-            bar.update(len(chunk))
-    return rows
-
-
-def rate(rows: list[dict]) -> dict:
-    """The strict all-correct rate with its Wilson interval, and four checks' rates (`EvalReport.rates`)."""
-    from emuvideo.evaluation.evaluate import EvalReport
-
-    r = EvalReport(rows).rates("strict", "all")
-    return {"correct": r["all"]["k"], "videos": r["all"]["n"], "rate": r["all"]["rate"], "low": r["all"]["low"],
-            "high": r["all"]["high"], **{f"{a}_rate": r[a]["rate"] for a in ("direction", "speed", "path", "visible")}}
-
-
-def evaluate(method, run, args, old_prompts) -> dict:
-    from emuvideo.evaluation.evaluate import evaluate_pipeline
-
-    sampling = {k: v for k, v in (("num_inference_steps", args.video_steps),) if v is not None}
-    pipe = load(method, run, args)
-    start = time.perf_counter()
-    concept = rate(judge_concept(pipe, concept_prompts(), args.seeds, sampling))
-    report = evaluate_pipeline(pipe, old_prompts, seeds=args.seeds, num_inference_steps=args.video_steps,
-                               image_num_inference_steps=args.image_steps)
-    old = rate(report.rows)
-    return {"new_concept": concept, "old_prompts": old, "eval_seconds": round(time.perf_counter() - start, 1)}
-
-
-def table(result: dict) -> str:
-    def cell(r):
-        return f"{100 * r['rate']:.1f}% ({100 * r['low']:.0f}–{100 * r['high']:.0f})"
-
-    lines = ["| method | new concept: diagonal, strict | direction | old prompts, strict | peak RSS MiB | train s |",
-             "|---|---|---|---|---|---|"]
-    for name, m in result["models"].items():
-        if "new_concept" not in m:
-            continue
-        t = m.get("train", {})
-        lines.append(f"| {name} | {cell(m['new_concept'])} | {100 * m['new_concept']['direction_rate']:.1f}% | "
-                     f"{cell(m['old_prompts'])} | {t.get('peak_rss_mib', '—')} | {t.get('seconds', '—')} |")
-    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
@@ -223,8 +106,7 @@ def main(argv=None) -> None:
 
     data = out / "data"
     render_data(data, args.clips, seed=12345)
-    canonical = load_prompt_set("canonical")
-    old_prompts = [canonical[i * len(canonical) // args.old_prompts] for i in range(args.old_prompts)]
+    old_prompts = spread(load_prompt_set("canonical"), args.old_prompts)
 
     for method in [None, *args.methods]:
         name = method or "base (no fine-tune)"
@@ -234,11 +116,13 @@ def main(argv=None) -> None:
             if (run / "final").exists():
                 raise SystemExit(f"{run} has a final/ but no record in {json_path}: remove it or the JSON's settings changed")
             print(f"training {method} ...", flush=True)
-            entry["train"] = train(method, args, data, run)
+            entry["train"] = train(method, data, run, args.steps, args.batch_size, args.train_seed, args.lr,
+                                   model=args.model)
             save()
         if "new_concept" not in entry:
             print(f"judging {name} ...", flush=True)
-            entry.update(evaluate(method, run, args, old_prompts))
+            entry.update(evaluate(method, run, old_prompts, args.seeds, model=args.model,
+                                  video_steps=args.video_steps, image_steps=args.image_steps))
             save()
     print(table(result))
     print(f"wrote {json_path}")

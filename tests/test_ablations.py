@@ -1,8 +1,8 @@
-"""scripts/ablations.py and its statistics: win rates, their bootstrap interval, the arms' configs, and that the
-direct arm samples with the condition it was trained with."""
+"""The ablations (emuvideo.experiments.ablations, run by scripts/ablations.py) and their statistics: win rates,
+their bootstrap interval, the arms' configs, and that the direct arm samples with the condition it was trained
+with."""
 
-import importlib.util
-import sys
+import inspect
 from pathlib import Path
 
 import pytest
@@ -10,24 +10,14 @@ import torch
 
 from emuvideo.config import load_config, parse_overrides, read_yaml
 from emuvideo.evaluation.stats import bootstrap_win_rate, pairwise_wins, win_rate
+from emuvideo.experiments import ablations
 from emuvideo.schedules import make_train_scheduler
 from emuvideo.training.config import TrainConfig
-from emuvideo.training.stages import video_training_loss
+from emuvideo.training.losses import video_training_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("ablations", REPO / "scripts" / "ablations.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ablations"] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-ablations = _script()
 
 
 # ---------------------------------------------------------------------------------------------- win rates
@@ -72,7 +62,7 @@ def test_win_rates_pair_videos_by_prompt_and_seed():
     arms = {"baseline": arm({("x", 0): 3, ("y", 0): 5}), "frozen": arm({("y", 0): 6, ("x", 0): 3})}
     wins = ablations.win_rates(arms)
     assert wins["baseline vs frozen"]["rate"] == 0.25  # tie on x, loss on y, whatever the row order
-    assert ablations._vs_baseline("frozen", wins)["rate"] == 0.75
+    assert ablations.vs_baseline("frozen", wins)["rate"] == 0.75
 
 
 def test_strict_score_counts_the_eight_checks_not_all():
@@ -152,13 +142,14 @@ def test_direct_arm_samples_with_the_condition_image_dropout_trains_with(tiny_pi
     seen = []
     forward = tiny_pipeline.unet.forward
 
-    def spy(x, t, text, conditioning, conditioning_mask, **kwargs):
-        seen.append((conditioning.clone(), conditioning_mask.clone()))
-        return forward(x, t, text, conditioning=conditioning, conditioning_mask=conditioning_mask, **kwargs)
+    def spy(*args, **kwargs):
+        bound = inspect.signature(forward).bind(*args, **kwargs).arguments  # however the caller names them
+        seen.append((bound["conditioning"].clone(), bound["conditioning_mask"].clone()))
+        return forward(*args, **kwargs)
 
     monkeypatch.setattr(tiny_pipeline.unet, "forward", spy)
-    direct = ablations.DirectTextToVideo(tiny_pipeline)
-    out = direct(["a red circle moving right", "a blue square moving up"], num_inference_steps=2,
+    direct = tiny_pipeline.image_to_video  # no image: sampled from the text alone (the direct arm)
+    out = direct(None, ["a red circle moving right", "a blue square moving up"], num_inference_steps=2,
                  generator=[torch.Generator().manual_seed(i) for i in range(2)])
     frames = tiny_pipeline.image_to_video.config.default_num_frames
     assert out.frames.shape[:2] == (2, frames) and out.images is None
@@ -179,8 +170,8 @@ def test_direct_arm_samples_with_the_condition_image_dropout_trains_with(tiny_pi
 
 
 def test_direct_videos_depend_on_the_prompt_seed_only(tiny_pipeline):
-    direct = ablations.DirectTextToVideo(tiny_pipeline)
-    one = direct(["a red circle moving right"], num_inference_steps=2, generator=[torch.Generator().manual_seed(7)])
-    two = direct(["a blue square moving up", "a red circle moving right"], num_inference_steps=2,
+    direct = tiny_pipeline.image_to_video  # no image: sampled from the text alone (the direct arm)
+    one = direct(None, ["a red circle moving right"], num_inference_steps=2, generator=[torch.Generator().manual_seed(7)])
+    two = direct(None, ["a blue square moving up", "a red circle moving right"], num_inference_steps=2,
                  generator=[torch.Generator().manual_seed(1), torch.Generator().manual_seed(7)])
     assert (one.frames[0] == two.frames[1]).all()

@@ -92,7 +92,7 @@ def test_auto_and_what_cannot_run():
 
 
 def test_training_sets_attention_with_the_same_function():
-    import emuvideo.training.video as training_video
+    import emuvideo.training.stages.video as training_video
 
     assert training_video.set_attention is set_attention
 

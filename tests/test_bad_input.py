@@ -206,10 +206,10 @@ def test_each_output_type_gives_what_it_names(tiny_pipeline):
         ).images
 
     pt, np_, pil, latent = run("pt"), run("np"), run("pil"), run("latent")
-    assert pt.shape == (2, 3, 16, 16) and pt.min() >= -1 and pt.max() <= 1
-    assert np_.shape == (2, 16, 16, 3) and np_.dtype == np.uint8
+    assert pt.shape == (2, 3, 16, 16) and pt.min() >= 0 and pt.max() <= 1  # diffusers' conventions: [0, 1]
+    assert np_.shape == (2, 16, 16, 3) and np_.dtype == np.float32 and np.array_equal(np_, pt.permute(0, 2, 3, 1).numpy())
     assert len(pil) == 2 and pil[0].mode == "RGB" and pil[0].size == (16, 16)
-    assert (np.stack([np.asarray(p) for p in pil]) == np_).all()  # the same pixels, each form
+    assert (np.stack([np.asarray(p) for p in pil]) == (np_ * 255).round()).all()  # the same pixels, each form
     assert latent.shape == (2, 4, 8, 8)
 
 
@@ -391,3 +391,15 @@ def test_json_in_model_index_is_checked_before_weights(tmp_path):
     with pytest.raises(ValueError, match="lacks unet/"):
         loading.check_model_folder(tmp_path)
 
+
+
+def test_eval_videos_with_a_corrupt_file_is_one_line_naming_it(tmp_path, capsys):
+    """`eval --videos` over a folder holding a file that is not a video: one line naming it, exit 2."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    (folder / "broken.mp4").write_bytes(b"not a video at all")
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a red circle moves left slowly\n")
+    assert main(["eval", "--videos", str(folder), "--captions", str(captions), "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "broken.mp4" in err[0] and err[0].startswith("emuvideo eval: error: could not decode")

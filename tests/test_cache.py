@@ -15,6 +15,7 @@ from PIL import Image
 import emuvideo.data.cache as cache_module
 from emuvideo.data.cache import LatentCache, cache_key
 from emuvideo.data.clips import ClipDataset
+from emuvideo.utils.files import _umask
 
 ENCODERS = {"vae": "tiny-vae@0123abc", "text_encoder": "tiny-te@4567def", "dtype": "float32"}
 
@@ -110,6 +111,8 @@ def test_round_trip_with_buckets_and_streaming(tmp_path):
     assert cache.buckets == [(4, t, 4, w // 4) for t, _, w in shapes]
     stored = json.loads((cache.dir / "fields.json").read_text())
     assert stored == {"key": cache.key, "fields": {"dataset": "fake-v1", **ENCODERS}}
+    plain = 0o666 & ~_umask()  # a cache shared between users: every item readable as a plain write is
+    assert {p.stat().st_mode & 0o777 for p in cache.dir.rglob("*.safetensors")} == {plain}
     assert cache.dir == tmp_path / cache_key(dataset="fake-v1", **ENCODERS)
 
 

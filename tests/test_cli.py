@@ -249,6 +249,6 @@ def test_every_flag_has_help_and_says_its_default():
 def test_info_names_the_versions_a_bug_report_needs(capsys):
     assert main(["info"]) == 0
     lines = dict(line.split(":", 1) for line in capsys.readouterr().out.splitlines())
-    for name in ("python", "torch", "diffusers", "transformers", "peft", "accelerate", "bitsandbytes", "PyAV", "imageio"):
+    for name in ("python", "torch", "diffusers", "transformers", "peft", "accelerate", "bitsandbytes", "PyAV", "Pillow"):
         assert lines[name].strip() and lines[name].strip() != "not installed", name
     assert "all-MiniLM-L6-v2" in lines["text encoder"]

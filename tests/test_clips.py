@@ -18,8 +18,8 @@ import pytest
 import torch
 from PIL import Image
 
+from emuvideo.data.buckets import BucketBatchSampler
 from emuvideo.data.clips import (
-    BucketBatchSampler,
     ClipDataset,
     ClipDecodeError,
     read_video,

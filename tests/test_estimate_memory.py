@@ -1,14 +1,22 @@
 """`emuvideo estimate-memory`: a training step counted on the meta device is the same step counted on real
-tensors, for every training mode; the estimate sees what the modes change; the CLI answers in one line."""
+tensors, for every training mode; the estimate sees what the modes change; the CLI answers in one line;
+`--budget` finds the packaged configs; the whole-card rule reproduces the H200 cards; FLOPs on meta = on CPU."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 
+from emuvideo import config
 from emuvideo.cli import main
-from emuvideo.config import parse_overrides
+from emuvideo.config import CONFIGS_DIR, parse_overrides
 from emuvideo.training.finetune import finetune_config
-from emuvideo.training.memory import measure_step, parse_bytes
+from emuvideo.training.memory import (CUDA_CONTEXT_BYTES, FRAGMENTATION, QUANTIZED_CACHE, MemoryEstimate,
+                                      card_rule_table, fitting_changes, measure_step, parse_bytes, preset_of_model)
+from emuvideo.training.throughput import forward_flops, load_throughput, project
+
+ROOT = Path(__file__).resolve().parent.parent
 
 MODES = {
     "full": ["mode=full", "freeze_spatial=false"],
@@ -60,13 +68,16 @@ def test_estimate_memory_cli_prints_the_breakdown_and_writes_json(tmp_path, caps
                  "--json", str(out)])
     text = capsys.readouterr().out
     assert code == 0 and "peak (max_memory_allocated)" in text and "whole card" in text
+    assert "FLOPs per step" in text and "not measured for this mode on NVIDIA H200" in text  # fp32: no H200 row
     [row] = json.loads(out.read_text())
-    assert row["peak_bytes"] > 0 and row["card_bytes"] > row["peak_bytes"] and row["frames"] == 4
+    assert row["peak_bytes"] > 0 and row["card_bytes"] > row["reserved_bytes"] > row["peak_bytes"] and row["frames"] == 4
+    assert row["speed"]["flops_per_step"] > 0 and row["speed"]["seconds_per_step"] is None
 
 
 def test_budget_lists_the_configs_that_fit_smallest_first(tmp_path, capsys):
-    for name, body in (("small.yaml", "mode: lora\nbatch_size: 1\n"), ("big.yaml", "mode: full\nfreeze_spatial: false\nbatch_size: 8\n"),
-                       ("stage.yaml", "kind: image\n")):
+    for name, body in (("small.yaml", "preset: tiny\nmode: lora\nbatch_size: 1\n"),
+                       ("big.yaml", "preset: tiny\nmode: full\nfreeze_spatial: false\nbatch_size: 8\n"),
+                       ("stage.yaml", "kind: image\n"), ("shipped_size.yaml", "mode: lora\n")):
         (tmp_path / name).write_text(body)
     big = measure_step(_cfg(*MODES["full"], "batch_size=8"), preset="tiny", frames=4, size=32)
     small = measure_step(_cfg("mode=lora", "batch_size=1"), preset="tiny", frames=4, size=32)
@@ -79,6 +90,9 @@ def test_budget_lists_the_configs_that_fit_smallest_first(tmp_path, capsys):
     rows = json.loads(out.read_text())
     assert [r["fits"] for r in rows] == [True, False] and rows[0]["card_bytes"] <= rows[1]["card_bytes"]
     assert not any("stage.yaml" in r["name"] for r in rows)  # an image stage trains no video U-Net
+    # written for the shipped model's size (no `preset:` key): skipped at the tiny size, and said so
+    assert not any("shipped_size" in r["name"] for r in rows)
+    assert f"skipped 1 config(s) written for another model size (preset: default): {tmp_path / 'shipped_size.yaml'}" in text
 
 
 @pytest.mark.parametrize("args, message", [
@@ -106,3 +120,79 @@ def test_a_model_folder_is_estimated_from_its_config_alone(sd_folder):
     from_preset = measure_step(cfg, preset="tiny", frames=4, size=32, batch=1)
     assert from_folder.total_params == from_preset.total_params  # conftest's SD folder holds the tiny U-Net
     assert from_folder.trainable_params == from_preset.trainable_params  # fresh inflation: conv_in trains
+
+
+def test_a_model_folder_is_matched_to_its_preset(sd_folder):
+    assert preset_of_model(str(sd_folder)) == "tiny"
+
+
+# ---------------------------------------------------------------------------------------------- --budget (issue 19)
+def test_budget_finds_the_packaged_configs_outside_a_checkout(tmp_path, monkeypatch, capsys):
+    # An installed package: its configs inside emuvideo/configs/, no repository around, run from elsewhere.
+    packaged = tmp_path / "site" / "emuvideo" / "configs"
+    shutil.copytree(CONFIGS_DIR, packaged)
+    (packaged / "video" / "tiny_probe.yaml").write_text("preset: tiny\nmode: lora\nbatch_size: 1\n")
+    monkeypatch.setattr(config, "CONFIGS_DIR", packaged)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    code = main(["estimate-memory", "--preset", "tiny", "--frames", "4", "--size", "32", "--budget", "1GB"])
+    text = capsys.readouterr().out
+    assert code == 0 and "configs/video/tiny_probe.yaml  (tiny, 4x32², batch 1)" in text.split("too large")[0]
+    assert "../" not in text and "(preset: sd21): configs/video/sd_stage1.yaml" in text  # skipped, named as in docs
+    assert "(preset: default): configs/experiments/ablations/baseline.yaml" in text
+
+
+def test_the_nearest_miss_gets_each_change_estimated():
+    cfg = _cfg("mode=full", "freeze_spatial=false", "batch_size=4")
+    shape = dict(preset="tiny", frames=4, size=32)
+    e = measure_step(cfg, **shape)
+    budget = e.card_bytes - 1
+    changes = dict(fitting_changes(cfg, e, budget, "tiny", None))
+    assert {"--frames 2", "--batch 1 --set gradient_accumulation_steps=4", "--set weight_dtype=bf16",
+            "--set gradient_checkpointing=true", "--set optim.optimizer=adamw8bit", "--set mode=lora"} <= set(changes)
+    assert changes["--frames 2"].card_bytes == measure_step(cfg, preset="tiny", frames=2, size=32).card_bytes
+    bf16 = measure_step(_cfg("mode=full", "freeze_spatial=false", "batch_size=4", "weight_dtype=bf16"), **shape)
+    assert changes["--set weight_dtype=bf16"].card_bytes == bf16.card_bytes < e.card_bytes
+    cards = [c.card_bytes for c in changes.values()]
+    assert cards == sorted(cards)
+
+
+# ------------------------------------------------------------------------------------- the whole card (issue 18)
+@pytest.mark.slow
+def test_the_card_rule_reproduces_each_measured_h200_card_within_10_percent():
+    measurements = json.loads((ROOT / "docs" / "perf" / "h200_memory.json").read_text())
+    fit, rows = card_rule_table(measurements)
+    assert (round(fit[0], 3), round(fit[1], 3)) == (FRAGMENTATION, QUANTIZED_CACHE)  # the constants are this fit
+    assert abs(fit[2] - CUDA_CONTEXT_BYTES) <= 1
+    for row in rows:  # each card as MemoryEstimate.card_bytes computes it from the estimate alone
+        e = MemoryEstimate("", "", 16, 512, 1, peak_bytes=row["peak_bytes"], quantized_bytes=row["quantized_bytes"])
+        assert abs(e.card_bytes / row["measured_card_bytes"] - 1) < 0.10, row["mode"]
+        assert abs(e.peak_bytes / row["allocated_bytes"] - 1) < 0.02, row["mode"]  # the peak estimate, unchanged
+
+
+# ---------------------------------------------------------------------------------------------- FLOPs and seconds
+def test_flops_counted_on_meta_equal_the_count_on_real_cpu_tensors():
+    cfg = _cfg("mode=full")
+    meta = forward_flops(cfg, "tiny", None, frames=4, size=32, batch=2, device="meta")
+    cpu = forward_flops(cfg, "tiny", None, frames=4, size=32, batch=2, device="cpu")
+    assert meta == cpu > 0
+    assert forward_flops(cfg, "tiny", None, frames=4, size=32, batch=4) == 2 * meta  # linear in the batch
+
+
+def test_the_sd21_forward_counted_on_meta_is_the_one_counted_on_the_h200():
+    table = load_throughput()
+    cfg = _cfg("weight_dtype=bf16")
+    flops = forward_flops(cfg, table["shape"]["preset"], None, table["shape"]["frames"], table["shape"]["size"], 1)
+    assert abs(flops / table["forward_flops_batch1"] - 1) < 0.01  # 18.07 vs 18.1 TFLOP (FlopCounterMode on CUDA)
+
+
+def test_seconds_are_projected_only_from_a_measured_row_of_the_same_mode():
+    table = load_throughput()
+    paper = _cfg(*table["rows"][0]["sets"])
+    at_measured = project(paper, table["forward_flops_batch1"], 1, table)
+    assert at_measured.seconds == pytest.approx(0.458)
+    assert "estimate (from NVIDIA H200 measurements" in at_measured.describe()
+    assert project(paper, 4 * table["forward_flops_batch1"], 4, table).seconds == pytest.approx(0.953)
+    assert project(paper, 2 * table["forward_flops_batch1"], 2, table).row["batch"] == 1  # not the faster batch 4
+    lora = project(_cfg("mode=lora", "weight_dtype=bf16"), table["forward_flops_batch1"], 1, table)
+    assert lora.seconds is None and "not measured for this mode" in lora.describe()

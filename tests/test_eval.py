@@ -259,7 +259,7 @@ class RenderingPipeline:
             spec = sample_spec(random.Random(g.initial_seed()), 16, 8, colour=t["colour"], shape=t["shape"],
                                direction=direction, speed=t["speed"] or "slowly")
             clips.append(render_clip(spec, 16, 8))
-        return SimpleNamespace(frames=np.stack(clips), fps=8)
+        return SimpleNamespace(frames=np.stack(clips).astype(np.float32) / 255, fps=8)  # "np": float in [0, 1]
 
 
 def test_report_per_attribute_group_and_interval():

@@ -1,25 +1,15 @@
-"""The QLoRA-claim experiment (scripts/qlora_claim.py): its four methods differ only where they say they do,
-and its data and prompts are the new concept it claims to teach."""
+"""The QLoRA-claim experiment (emuvideo.experiments.qlora_claim, run by scripts/qlora_claim.py): its four methods
+differ only where they say they do, and its data and prompts are the new concept it claims to teach."""
 
 import dataclasses
-import importlib.util
-from pathlib import Path
 
 import pytest
 
 from emuvideo.data.shapes import DIAGONALS, DIRECTIONS, parse_caption
 from emuvideo.evaluation.strict_judge import judge_video_strict, score_strict
+from emuvideo.experiments import qlora_claim as qc
 from emuvideo.training.finetune import finetune_config
 from emuvideo.utils.video import read_frames
-
-REPO = Path(__file__).resolve().parent.parent
-
-
-def _script():
-    spec = importlib.util.spec_from_file_location("qlora_claim", REPO / "scripts" / "qlora_claim.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _flat(config) -> dict:
@@ -33,7 +23,6 @@ def _flat(config) -> dict:
 
 
 def _differences(a: str, b: str) -> set[str]:
-    qc = _script()
     fa, fb = (_flat(finetune_config(qc.config_path(name))) for name in (a, b))
     return {k for k in fa if fa[k] != fb[k]}
 
@@ -48,7 +37,6 @@ def test_methods_differ_only_in_what_they_compare(a, b, expected):
 
 
 def test_every_method_trains_the_same_data_for_the_same_steps():
-    qc = _script()
     configs = [finetune_config(qc.config_path(m)) for m in qc.METHODS]
     for c in configs:
         assert c.data == configs[0].data and c.gradient_checkpointing is False
@@ -56,7 +44,6 @@ def test_every_method_trains_the_same_data_for_the_same_steps():
 
 
 def test_rendered_data_is_diagonal_motion_its_captions_say_so_and_the_judge_agrees(tmp_path):
-    qc = _script()
     qc.render_data(tmp_path, clips=12, seed=3)
     clips = sorted(tmp_path.glob("*.gif"))
     assert len(clips) == 12
@@ -74,6 +61,6 @@ def test_rendered_data_is_diagonal_motion_its_captions_say_so_and_the_judge_agre
 
 
 def test_concept_prompts_are_all_diagonal_and_none_is_in_the_training_prompts():
-    prompts = _script().concept_prompts()
+    prompts = qc.concept_prompts()
     assert len(prompts) == 48 and {p["direction"] for p in prompts} == set(DIAGONALS)
     assert all(parse_caption(p["prompt"])["direction"] == p["direction"] not in DIRECTIONS for p in prompts)

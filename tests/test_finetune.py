@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 import emuvideo.training.finetune as finetune
-import emuvideo.training.video as video
+import emuvideo.training.stages.video as video
 from emuvideo.cli import main
 from emuvideo.config import load_config
 from emuvideo.training.config import TrainConfig

@@ -1,15 +1,16 @@
-"""Measuring interpolation (issue 9): PSNR / SSIM, the baselines, and scripts/eval_interpolation.py's parts."""
+"""Measuring interpolation (issue 9): PSNR / SSIM, the baselines, and the evaluation's parts
+(emuvideo.evaluation.interpolation_eval, run by scripts/eval_interpolation.py)."""
 
 import copy
-import importlib.util
 import json
 import random
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from emuvideo.data.shapes import render_clip, sample_spec
+from emuvideo.data.shapes import canonical_prompts, render_clip, sample_spec
+from emuvideo.evaluation import interpolation_eval as interp_eval
+from emuvideo.evaluation import interpolation_strip as strip
 from emuvideo.evaluation.interpolation import (
     PSNR_CAP_DB,
     bootstrap_interval,
@@ -22,9 +23,6 @@ from emuvideo.evaluation.interpolation import (
 )
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "eval_interpolation.py"
-
 
 def _quick_clip(factor: int, keys: int = 5, seed: int = 3) -> np.ndarray:
     """A 64 px clip moving quickly (2.5 px per 8 fps frame), rendered at 8·factor fps: every factor-th frame a key."""
@@ -124,15 +122,7 @@ def test_minterpolate_refuses_small_frames():
         ffmpeg_minterpolate(np.zeros((3, 16, 16, 3), np.uint8), 2, 8)
 
 
-# ---------------------------------------------------------------------------------------------- the script
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("eval_interpolation", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
+# ---------------------------------------------------------------------------------------------- the evaluation
 @pytest.fixture(scope="module")
 def stand_in(tiny_pipeline):
     """The tiny pipeline with an untrained interpolation model (a copy of its video U-Net); the shared fixture
@@ -145,50 +135,59 @@ def stand_in(tiny_pipeline):
     return pipe
 
 
-def test_in_between_part_is_per_clip_deterministic(script, stand_in):
+def test_in_between_part_is_per_clip_deterministic(stand_in):
     interp = stand_in.interpolation
-    specs = script.held_back_specs(2, script.IN_BETWEEN_SEED, 3)
+    specs = interp_eval.held_back_specs(2, interp_eval.IN_BETWEEN_SEED, 3)
     methods = ("model", "linear blend", "repetition")  # minterpolate needs 32 px; the tiny model is 16
     kwargs = dict(factors=[2, 4], num_keys=3, steps=1, seed=0, methods=methods, progress=False)
-    one = script.evaluate_in_between(interp, specs, batch_size=1, **kwargs)
-    two = script.evaluate_in_between(interp, specs, batch_size=2, **kwargs)
+    one = interp_eval.evaluate_in_between(interp, specs, batch_size=1, **kwargs)
+    two = interp_eval.evaluate_in_between(interp, specs, batch_size=2, **kwargs)
     assert one["rows"] == two["rows"]  # a clip's noise is its own, whatever the batch
     assert [(s["factor"], s["method"]) for s in one["summary"]] == [(f, m) for f in (2, 4) for m in methods]
     for s in one["summary"]:
         assert s["n"] == 2 and s["psnr"]["low"] <= s["psnr"]["mean"] <= s["psnr"]["high"]
 
 
-def test_keyframes_and_verdicts_and_run(script, stand_in, tmp_path):
-    specs = script.held_back_specs(2, script.KEYFRAME_SEED, 4)
-    keyframes = script.evaluate_keyframes(stand_in, specs, steps=1, seed=0, num_frames=4, progress=False)
+def test_keyframes_and_verdicts_and_run(stand_in):
+    specs = interp_eval.held_back_specs(2, interp_eval.KEYFRAME_SEED, 4)
+    keyframes = interp_eval.evaluate_keyframes(stand_in, specs, steps=1, seed=0, num_frames=4, progress=False)
     assert len(keyframes["rows"]) == 2 and set(keyframes["summary"]) == {"first + last", "first only"}
     first = keyframes["summary"]["first + last"]["first"]
     assert first["min"] <= first["mean"] and first["at_least_30db"]["n"] == 2
-    assert "| first + last | last |" in script.keyframe_table(keyframes["summary"])
+    assert "| first + last | last |" in interp_eval.keyframe_table(keyframes["summary"])
 
-    prompts = script.canonical_prompts()[:2]
-    verdicts = script.evaluate_verdicts(stand_in, prompts, steps=1, seed=0, progress=False)
+    prompts = canonical_prompts()[:2]
+    verdicts = interp_eval.evaluate_verdicts(stand_in, prompts, steps=1, seed=0, progress=False)
     assert [r["prompt"] for r in verdicts["rows"]] == [p["prompt"] for p in prompts]
     row = verdicts["rows"][0]
     assert row["unchanged"]["both"] == (row["before"]["direction"] == row["after"]["direction"]
                                         and row["before"]["speed"] == row["after"]["speed"])
     assert verdicts["summary"]["unchanged"]["both"]["n"] == 2
 
-    args = script.parse_args(["--clips", "0", "--keyframe-clips", "1", "--prompts-limit", "1", "--steps", "1",
-                              "--no-gif", "-q"])
-    result = script.run(args, stand_in)
-    assert {"keyframes", "verdicts"} <= set(result) and "in_between" not in result
-    assert result["meta"]["seconds"] >= 0 and "command" in result["meta"]
+    config = interp_eval.InterpolationEvalConfig(clips=0, keyframe_clips=1, prompts_limit=1, steps=1, gif=None)
+    printed = []
+    result = interp_eval.evaluate_interpolation(stand_in, config, progress=False, meta={"command": "x"},
+                                           echo=printed.append)
+    assert {"keyframes", "verdicts"} <= set(result) and "in_between" not in result and "strip" not in result
+    assert result["meta"]["seconds"] >= 0 and result["meta"]["command"] == "x"
+    assert len(printed) == 2 and "| first + last | last |" in printed[0] and "unchanged both" in printed[1]
     json.dumps(result, allow_nan=False)  # what --json writes is plain JSON
 
 
-def test_strip_pictures(script):
+def test_bad_settings_name_the_setting():
+    with pytest.raises(ValueError, match="batch_size must be >= 1, got 0"):
+        interp_eval.InterpolationEvalConfig(batch_size=0)
+    with pytest.raises(ValueError, match="prompts_limit must be >= 0, got -1"):
+        interp_eval.InterpolationEvalConfig(prompts_limit=-1)
+
+
+def test_strip_pictures():
     from emuvideo.evaluation.interpolation import BASELINES
 
     truth = _quick_clip(4, keys=3)
     keys = truth[::4]
     panels = {"ground truth": truth, **{m: f(keys, 4, 8) for m, f in BASELINES.items()}}
-    video = script.strip_video(panels, 4)
-    assert video.shape[0] == 9 and video.shape[2] == 4 * 128 + 3 * script.GAP
-    still = script.filmstrip(panels, 4)
-    assert still.ndim == 3 and still.shape[0] == 4 * (128 + script.LABEL_HEIGHT) + 3 * script.GAP
+    video = strip.strip_video(panels, 4)
+    assert video.shape[0] == 9 and video.shape[2] == 4 * 128 + 3 * strip.GAP
+    still = strip.filmstrip(panels, 4)
+    assert still.ndim == 3 and still.shape[0] == 4 * (128 + strip.LABEL_HEIGHT) + 3 * strip.GAP

@@ -7,10 +7,10 @@ import torch
 
 from emuvideo.config import load_config, parse_overrides
 from emuvideo.models.conditioning import KnownFrames, keyframe_indices, known_frames_conditioning
-from emuvideo.pipelines.common import encode_frames, preprocess_image
+from emuvideo.pipelines.common import encode_frames, numpy_to_uint8, preprocess_image
 from emuvideo.pipelines.interpolation import EmuInterpolationPipeline, window_starts
 from emuvideo.training.config import TrainConfig
-from emuvideo.training.stages import interpolation_windows, video_training_loss
+from emuvideo.training.losses import interpolation_windows, video_training_loss
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -163,14 +163,14 @@ def test_interpolation_keeps_key_frames_and_multiplies_the_frame_count(tiny_pipe
     video = np.stack([_image(i) for i in range(7)])  # 7 key frames: windows [0-4] and [2-6] at factor 2
     for factor in (2, 4):
         out = pipe(video, "a red square", factor=factor, num_inference_steps=2, generator=_gen(0), fps=8)
-        frames = out.frames[0]
+        frames = numpy_to_uint8(out.frames[0])  # "np" is float in [0, 1]; its bytes are the key frames'
         assert frames.shape == ((7 - 1) * factor + 1, SIZE, SIZE, 3) and out.fps == 8 * factor
         assert np.array_equal(frames[::factor], video)  # the key frames, exactly as given
     # a list of generators, one per video, gives each video the noise it gets alone
     both = pipe(np.stack([video, video[::-1]]), "x", factor=2, num_inference_steps=1,
                 generator=[_gen(0), _gen(1)]).frames
     alone = pipe(video[::-1], "x", factor=2, num_inference_steps=1, generator=_gen(1)).frames
-    assert np.array_equal(both[1], alone[0])
+    assert np.array_equal(numpy_to_uint8(both[1]), numpy_to_uint8(alone[0]))  # as bytes (batching moves floats ~1e-7)
     with pytest.raises(ValueError, match="factor must be one of"):
         pipe(video, factor=3)
     with pytest.raises(ValueError, match="works on 16x16 clips, got 8x8"):

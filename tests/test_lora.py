@@ -16,7 +16,7 @@ from emuvideo.models.presets import build_video_unet
 from emuvideo.pipelines.loading import load_pipeline, random_pipeline
 from emuvideo.schedules import make_train_scheduler
 from emuvideo.training.config import LoraConfig, TrainConfig
-from emuvideo.training.finetune import prepare_unet
+from emuvideo.training.stages.video import prepare_unet
 from emuvideo.training.lora import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -29,7 +29,7 @@ from emuvideo.training.lora import (
     set_lora_scale,
 )
 from emuvideo.training.quantize import is_nf4, quantize_linear_layers
-from emuvideo.training.stages import video_training_loss
+from emuvideo.training.losses import video_training_loss
 from emuvideo.training.trainer import make_optimizer
 
 

@@ -41,10 +41,10 @@ def test_stages_share_modules_and_return_documented_shapes(tiny_pipeline):
     assert t2i.unet is tiny_pipeline.image_unet and i2v.unet is tiny_pipeline.unet and i2v.vae is t2i.vae
 
     images = t2i(["a red square", "a blue circle"], num_inference_steps=1, generator=_gen(0)).images
-    assert images.shape == (2, SIZE, SIZE, 3) and images.dtype == np.uint8
+    assert images.shape == (2, SIZE, SIZE, 3) and images.dtype == np.float32  # diffusers' "np": float in [0, 1]
 
     out = tiny_pipeline("a red square", num_frames=FRAMES, num_inference_steps=1, generator=_gen(0), fps=5)
-    assert out.frames.shape == (1, FRAMES, SIZE, SIZE, 3) and out.frames.dtype == np.uint8
+    assert out.frames.shape == (1, FRAMES, SIZE, SIZE, 3) and out.frames.dtype == np.float32
     assert out.images.shape == (1, SIZE, SIZE, 3) and out.fps == 5
     latent = i2v(_image(), "x", num_frames=FRAMES, num_inference_steps=1, output_type="latent").frames
     assert latent.shape == (1, 4, FRAMES, SIZE // 2, SIZE // 2)
@@ -117,8 +117,8 @@ def test_same_seed_same_video_different_seed_different(tiny_pipeline):
         return tiny_pipeline("a red square", num_frames=FRAMES, num_inference_steps=1, generator=_gen(seed), output_type="pt")
 
     a, b, c = run(0), run(0), run(1)
-    assert a.frames.shape == (1, 3, FRAMES, SIZE, SIZE) and a.frames.dtype == torch.float32
-    assert a.frames.abs().max() <= 1  # "pt" frames are in [-1, 1], as documented
+    assert a.frames.shape == (1, FRAMES, 3, SIZE, SIZE) and a.frames.dtype == torch.float32  # (B, T, C, H, W)
+    assert a.frames.min() >= 0 and a.frames.max() <= 1  # "pt" frames are in [0, 1], as diffusers' video pipelines
     assert torch.equal(a.frames, b.frames) and np.array_equal(a.images, b.images)
     assert (a.frames - c.frames).abs().max() > 1e-3
 

@@ -14,7 +14,8 @@ def test_readme_has_python_blocks():
 
 
 @pytest.mark.slow
-def test_readme_python_blocks_run_as_written_and_their_shape_comments_hold(one_thread):
+def test_readme_python_blocks_run_as_written_and_their_shape_comments_hold(one_thread, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # what the blocks write lands here
     namespace = {}
     for i, block in enumerate(BLOCKS):
         exec(compile(block, f"README.md (python block {i + 1})", "exec"), namespace)

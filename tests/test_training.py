@@ -124,7 +124,7 @@ def test_max_minutes_stops_early_with_a_checkpoint_and_final(tmp_path):
 
 
 def test_image_conditioning_is_frame_zero_and_dropout_clears_both():
-    from emuvideo.training.stages import video_training_loss
+    from emuvideo.training.losses import video_training_loss
 
     latents = torch.randn(64, 4, 5, 2, 2)
     seen = {}
@@ -219,13 +219,13 @@ def test_in_memory_data_changes_where_items_live_not_what_a_step_sees(chain, tmp
     from emuvideo.data.sources import training_data
     from emuvideo.models.text_encoder import load_minilm
     from emuvideo.pipelines.common import encode_frames
-    from emuvideo.training.stages import _FirstFrames
+    from emuvideo.training.stages.image import FirstFrames
 
     vae = AutoencoderKL.from_pretrained(chain / "ae" / "final" / "vae").eval()
     tokenizer, text_encoder = load_minilm()
     image = ["kind=image", f"init={chain / 'ae' / 'final'}"]
-    cached = _FirstFrames(training_data(_cfg(tmp_path, "i1", *image), vae, tokenizer, text_encoder, 16, 1))
-    held = _FirstFrames(training_data(_cfg(tmp_path, "i2", *image, "data.in_memory=true", "data.cache_dir=null"),
+    cached = FirstFrames(training_data(_cfg(tmp_path, "i1", *image), vae, tokenizer, text_encoder, 16, 1))
+    held = FirstFrames(training_data(_cfg(tmp_path, "i2", *image, "data.in_memory=true", "data.cache_dir=null"),
                                       vae, tokenizer, text_encoder, 16, 1))
     assert "latents" not in held[0] and len(held) == len(cached) == 8
     for i in range(len(held)):

@@ -17,7 +17,7 @@ from emuvideo.models.presets import build_video_unet
 from emuvideo.models.video_unet import EmuVideoUNet
 from emuvideo.training.config import TrainConfig
 from emuvideo.training.quantize import is_nf4
-from emuvideo.training.video import export_unet, prepare_unet
+from emuvideo.training.stages.video import export_unet, prepare_unet
 
 from test_finetune import write_clips
 

@@ -30,6 +30,8 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
+from ..utils.files import plain_permissions
+
 
 def default_cache_dir() -> Path:
     """emuvideo's folder in the user cache: $EMUVIDEO_CACHE, else $XDG_CACHE_HOME/emuvideo, else ~/.cache/emuvideo.
@@ -237,6 +239,7 @@ class LatentCache:
                 metadata["spec"] = json.dumps(item["spec"])
             try:
                 save_file(tensors, tmp, metadata=metadata)
+                plain_permissions(tmp)  # safetensors writes 0o600; a shared cache is read by other users too
                 os.replace(tmp, path)  # atomic: readers and resumes see a whole item or none
             finally:
                 tmp.unlink(missing_ok=True)

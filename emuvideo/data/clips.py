@@ -14,7 +14,8 @@ What users of other trainers hit, and what this module does about it:
   in a warning, one summary line counts the reasons, and zero usable clips is a `ValueError` saying
   why;
 - variable-frame-rate clips: frames are picked by presentation timestamp, never by index;
-- rotated phone clips: the container's display matrix is honoured, frames come out upright;
+- rotated phone clips and photos, 16-bit and transparent images: read as inference reads them, by
+  `emuvideo.preprocessing` (upright, 8-bit RGB, alpha on white, one antialiased resizer);
 - decoding: each read opens its own container (thread- and worker-safe), streams frames and stops
   as soon as it has enough, so a long clip is never held in memory;
 - a clip that breaks after the scan raises `ClipDecodeError` naming the file;
@@ -23,6 +24,7 @@ What users of other trainers hit, and what this module does about it:
 
 Layouts: numpy videos are (T, H, W, 3) uint8 (the edge of the library); dataset items are float
 tensors (3, T, H, W) in [-1, 1], so a batch is (B, 3, T, H, W) as diffusers' UNet3D expects.
+Clips of several sizes and lengths in one dataset: see `emuvideo.data.buckets`.
 """
 
 import csv
@@ -31,45 +33,44 @@ import logging
 import math
 import os
 import warnings
-from collections import Counter, defaultdict
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import Optional, Sequence
 
-import av
 import numpy as np
 import torch
-import torch.nn.functional as F
-from PIL import Image, ImageOps
+
+from ..preprocessing import (
+    CROPS,
+    IMAGE_EXTENSIONS,
+    SAMPLINGS,
+    ClipDecodeError,  # noqa: F401 (what a dataset item raises for a clip that breaks after the scan)
+    decode_errors,
+    probe_image,
+    probe_video,
+    read_video,
+    resize_and_crop,
+    to_pixels,
+)
+from .buckets import assign_bucket, check_buckets
 
 logger = logging.getLogger(__name__)
 
-if not hasattr(av.VideoFrame, "rotation"):  # without it, rotated phone clips would decode sideways
-    raise ImportError(f"emuvideo.data.clips needs PyAV with VideoFrame.rotation (>= 14), found {av.__version__}")
-
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".webm", ".mkv", ".gif", ".avi")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
-SAMPLINGS = ("fps", "even", "head")
-CROPS = ("center", "random")
 # Bump when decoding/resizing changes what a clip turns into, so latent caches keyed on the
 # dataset (`ClipDataset.cache_fields`) are rebuilt instead of silently reused.
-DECODE_VERSION = 1
+# 2: images as inference reads them (alpha on white, 16-bit rescaled), Pillow's Lanczos/bicubic resizer.
+DECODE_VERSION = 2
 
 _PATH_KEYS = ("video_path", "file_name", "path")
 _CAPTION_KEYS = ("caption", "text")
 # Order of the reason categories in the summary line; others follow alphabetically.
 _REASON_ORDER = ("corrupt", "too short", "no caption", "missing file", "outside folder", "too small", "image")
-_EXIF_ROTATION = {3: 180, 6: 270, 8: 90}  # EXIF orientation -> counter-clockwise degrees
-_EPS = 1e-6  # seconds; timestamps are floats derived from exact rationals
-# What a broken file raises while probing/decoding (PIL's UnidentifiedImageError is an OSError).
-_DECODE_ERRORS = (av.FFmpegError, OSError, ValueError, EOFError, IndexError, Image.DecompressionBombError)
-
-
-class ClipDecodeError(RuntimeError):
-    """A clip could not be decoded into the frames asked for; the message names the file."""
-
+# What a broken file raises while probing/decoding; importing PyAV here refuses one too old to rotate.
+_DECODE_ERRORS = decode_errors()
 
 @dataclass
 class ClipRecord:
@@ -183,76 +184,6 @@ def _outside(path: Path, root: Path) -> Optional[str]:
     return None if resolved.is_relative_to(root.resolve()) else str(resolved)
 
 
-def _quarter_turns(rotation: float) -> int:
-    """Counter-clockwise display rotation in degrees -> number of np.rot90 quarter turns."""
-    return int(round(rotation / 90)) % 4
-
-
-def _declared_duration(container, stream) -> Optional[float]:
-    """Duration from the container's header (no decoding); None when it does not say."""
-    if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
-    if container.duration:
-        return container.duration / av.time_base
-    return None
-
-
-def _count_packets(path: Path) -> tuple[int, float]:
-    """Frame count and duration by demuxing (reads the file, decodes nothing): the fallback for
-    containers whose header does not say (some mkv/webm)."""
-    count, start, end = 0, math.inf, 0.0
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        for packet in container.demux(stream):
-            if packet.pts is None or packet.size == 0:  # flush packet
-                continue
-            count += 1
-            start = min(start, float(packet.pts * stream.time_base))
-            end = max(end, float((packet.pts + (packet.duration or 0)) * stream.time_base))
-    return count, (end - start if count else 0.0)
-
-
-@dataclass
-class _Probe:
-    width: int  # upright
-    height: int
-    duration: float
-    fps: float
-    frames: int  # native
-    rotation: int
-
-
-def _probe_video(path: Path) -> _Probe:
-    """Container/stream info plus the first decoded frame (which proves the clip decodes and
-    carries the display rotation); never decodes the whole clip."""
-    with av.open(str(path)) as container:
-        if not container.streams.video:
-            raise ValueError("no video stream")
-        stream = container.streams.video[0]
-        first = next(container.decode(stream), None)
-        if first is None:
-            raise ValueError("no decodable video frames")
-        rate = stream.average_rate or stream.guessed_rate
-        duration = _declared_duration(container, stream)
-        frames = stream.frames
-    if duration is None or frames <= 0:
-        counted, counted_duration = _count_packets(path)
-        frames = frames if frames > 0 else counted
-        duration = duration if duration is not None else counted_duration
-    turns = _quarter_turns(first.rotation)
-    width, height = (first.height, first.width) if turns % 2 else (first.width, first.height)
-    return _Probe(width, height, duration, float(rate) if rate else 0.0, frames, 90 * turns)
-
-
-def _probe_image(path: Path) -> _Probe:
-    with Image.open(path) as image:
-        width, height = image.size
-        rotation = _EXIF_ROTATION.get(image.getexif().get(0x0112, 1), 0)
-    if rotation in (90, 270):
-        width, height = height, width
-    return _Probe(width, height, 0.0, 0.0, 1, rotation)
-
-
 def frames_at_fps(duration: float, fps: float) -> int:
     """How many frames sampling at `fps` yields: one per target time k / fps < duration."""
     # Rounding first keeps 1.6 s * 5 fps = 8.000000000000002 at 8 frames.
@@ -281,7 +212,7 @@ def _check(path: Path, caption: Optional[str], caption_source: str, min_frames: 
     if not caption.strip():
         return f"no caption: the caption in {caption_source} is empty"
     try:
-        probe = _probe_image(path) if is_image else _probe_video(path)
+        probe = probe_image(path) if is_image else probe_video(path)
     except _DECODE_ERRORS as e:
         return f"corrupt: {type(e).__name__}: {e}"
     num_frames = probe.frames if fps is None or is_image else frames_at_fps(probe.duration, fps)
@@ -360,178 +291,8 @@ def scan_clips(root, min_frames: int = 1, fps: Optional[float] = None,
 
 
 # ---------------------------------------------------------------------------------------------
-# Decoding
+# Dataset
 # ---------------------------------------------------------------------------------------------
-
-
-class _Upright:
-    """A decoded frame, converted to an upright RGB array once, on first use."""
-
-    def __init__(self, frame):
-        self.frame, self._rgb = frame, None
-
-    def rgb(self) -> np.ndarray:
-        if self._rgb is None:
-            rgb = self.frame.to_ndarray(format="rgb24")  # (H, W, 3) as stored
-            # `frame.rotation` is FFmpeg's display-matrix angle: the stored picture is shown turned
-            # that many degrees counter-clockwise (ffmpeg's autorotate does the same).
-            turns = _quarter_turns(self.frame.rotation)
-            self._rgb = np.ascontiguousarray(np.rot90(rgb, turns)) if turns else rgb
-            self.frame = None  # free the decoder buffer
-        return self._rgb
-
-
-def _take_head(frames: Iterator, num_frames: int) -> list[np.ndarray]:
-    out = []
-    for frame in frames:
-        out.append(_Upright(frame).rgb())
-        if len(out) == num_frames:
-            break
-    return out
-
-
-def _take_indices(frames: Iterator, indices: Sequence[int]) -> list[np.ndarray]:
-    wanted, out = set(indices), []
-    for i, frame in enumerate(frames):
-        if i in wanted:
-            out.append(_Upright(frame).rgb())
-            if len(out) == len(wanted):
-                break
-    return out
-
-
-def _take_at_times(frames: Iterator, targets: Sequence[float], end: Optional[float]) -> list[np.ndarray]:
-    """For each target time (seconds from the first frame) the last frame whose pts <= it.
-
-    Frames are streamed: a frame is kept only while it may still be picked, and decoding stops at
-    the first frame past the last target. Targets after the last frame's pts are filled with it
-    while they fall before the clip's end (`end`, or the last frame's pts + duration).
-    """
-    out, k, prev, t0, last_end = [], 0, None, None, 0.0
-    for frame in frames:
-        if frame.pts is None:
-            raise ValueError(f"frame {len(out)} has no timestamp")
-        t = float(frame.time)
-        t0 = t if t0 is None else t0
-        t -= t0
-        while k < len(targets) and prev is not None and t > targets[k] + _EPS:
-            out.append(prev.rgb())
-            k += 1
-        if k == len(targets):
-            return out
-        duration = getattr(frame, "duration", None)  # in time_base units; None when unknown
-        frame_duration = float(duration * frame.time_base) if duration else 0.0
-        prev, last_end = _Upright(frame), t + frame_duration
-    end = max(end or 0.0, last_end)
-    while k < len(targets) and prev is not None and targets[k] < end - _EPS:
-        out.append(prev.rgb())
-        k += 1
-    return out
-
-
-def _read_image(path: Path, num_frames: int) -> np.ndarray:
-    with Image.open(path) as image:
-        rgb = np.asarray(ImageOps.exif_transpose(image).convert("RGB"))
-    # An image asked for as T frames is a still clip.
-    return np.repeat(rgb[None], num_frames, axis=0)
-
-
-def read_video(path, num_frames: int, fps: Optional[float] = None, sampling: str = "fps") -> np.ndarray:
-    """Decode `num_frames` upright RGB frames of a clip.
-
-    Args:
-        path: a video (any of `VIDEO_EXTENSIONS`) or an image (a still clip).
-        num_frames: T, the number of frames returned.
-        fps: for sampling="fps", the target rate: frame k is the last frame whose presentation
-            time is <= k / fps (right for variable-frame-rate clips). None takes native frames.
-        sampling: "fps" (above), "even" (T frames evenly spaced over the whole clip, first and
-            last included) or "head" (the first T frames).
-
-    Returns:
-        (T, H, W, 3) uint8, H x W the upright (displayed) size.
-
-    Raises:
-        ClipDecodeError: naming the file, when it cannot be decoded or is too short.
-    """
-    path = Path(path)
-    if sampling not in SAMPLINGS:
-        raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
-    if num_frames < 1:
-        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
-    if fps is not None and fps <= 0:
-        raise ValueError(f"fps must be > 0, got {fps}")
-    if fps is not None and sampling != "fps":
-        raise ValueError(f"fps is only used with sampling='fps', got sampling={sampling!r}")
-    try:
-        if path.suffix.lower() in IMAGE_EXTENSIONS:
-            return _read_image(path, num_frames)
-        native = _probe_video(path).frames if sampling == "even" else None
-        with av.open(str(path)) as container:
-            stream = container.streams.video[0]
-            decoded = container.decode(stream)
-            if sampling == "even":
-                how = "evenly spaced"
-                indices = np.linspace(0, native - 1, num_frames).round().astype(int).tolist()
-                frames = _take_indices(decoded, indices) if num_frames <= native else []
-            elif sampling == "fps" and fps is not None:
-                how = f"at {fps:g} fps"
-                frames = _take_at_times(decoded, [k / fps for k in range(num_frames)],
-                                        _declared_duration(container, stream))
-            else:
-                how = "(native frames)"
-                frames = _take_head(decoded, num_frames)
-    except _DECODE_ERRORS as e:
-        raise ClipDecodeError(f"could not decode {path}: {type(e).__name__}: {e}") from e
-    if len(frames) < num_frames:
-        raise ClipDecodeError(f"could not decode {path}: asked for {num_frames} frames {how}, "
-                              f"the clip yields only {len(frames)}")
-    return np.stack(frames)
-
-
-def resize_and_crop(frames: np.ndarray, height: int, width: int, crop: str = "center",
-                    rng: Optional[np.random.Generator] = None, allow_upscale: bool = True) -> np.ndarray:
-    """Scale (T, H, W, 3) uint8 frames to cover height x width (aspect kept), then crop to it.
-
-    Args:
-        crop: "center", or "random" (offsets drawn from `rng`, one per clip).
-        allow_upscale: when False, a clip smaller than the target raises instead of being
-            scaled up.
-
-    Returns:
-        (T, height, width, 3) uint8.
-    """
-    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-        raise ValueError(f"frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
-    if crop not in CROPS:
-        raise ValueError(f"crop must be one of {CROPS}, got {crop!r}")
-    _, h, w, _ = frames.shape
-    scale = max(height / h, width / w)
-    if scale > 1 and not allow_upscale:
-        raise ValueError(f"{w}x{h} frames would need upscaling x{scale:.2f} to cover {width}x{height} "
-                         "and allow_upscale=False")
-    new_h, new_w = max(height, round(h * scale)), max(width, round(w * scale))
-    if (new_h, new_w) != (h, w):
-        x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-        frames = x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    if crop == "center":
-        top, left = (new_h - height) // 2, (new_w - width) // 2
-    else:
-        rng = rng if rng is not None else np.random.default_rng()
-        top, left = int(rng.integers(0, new_h - height + 1)), int(rng.integers(0, new_w - width + 1))
-    return np.ascontiguousarray(frames[:, top:top + height, left:left + width])
-
-
-# ---------------------------------------------------------------------------------------------
-# Dataset and bucketing
-# ---------------------------------------------------------------------------------------------
-
-
-def _nearest_resolution(width: int, height: int, resolutions: Sequence[tuple[int, int]]) -> tuple[int, int]:
-    """The (h, w) bucket whose aspect ratio is closest to the clip's (in log space: 2:1 and 1:2
-    are equally far from 1:1)."""
-    aspect = math.log(width / height)
-    return min(resolutions, key=lambda hw: abs(math.log(hw[1] / hw[0]) - aspect))
 
 
 class ClipDataset(torch.utils.data.Dataset):
@@ -540,7 +301,7 @@ class ClipDataset(torch.utils.data.Dataset):
     Each clip is assigned one bucket (num_frames, height, width): the resolution from
     `resolution_buckets` closest in aspect ratio, and the largest of `frame_buckets` it can fill.
     Items of the same bucket stack; batch them with
-    `BucketBatchSampler(dataset.buckets, batch_size)`.
+    `emuvideo.data.buckets.BucketBatchSampler(dataset.buckets, batch_size)`.
 
     Args:
         root: dataset folder (see module docstring).
@@ -573,13 +334,7 @@ class ClipDataset(torch.utils.data.Dataset):
         for name, value in (("height", height), ("width", width), ("num_frames", num_frames)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        frame_counts = sorted(set(frame_buckets)) if frame_buckets is not None else [num_frames]
-        if num_frames not in frame_counts or any(not isinstance(t, int) or t < 1 for t in frame_counts):
-            raise ValueError(f"frame_buckets must be ints >= 1 containing num_frames={num_frames}, "
-                             f"got {frame_buckets}")
-        resolutions = [tuple(r) for r in resolution_buckets] if resolution_buckets else [(height, width)]
-        if any(len(r) != 2 or min(r) < 1 for r in resolutions):
-            raise ValueError(f"resolution_buckets must be (height, width) pairs >= 1, got {resolution_buckets}")
+        frame_counts, resolutions = check_buckets(num_frames, height, width, frame_buckets, resolution_buckets)
 
         self.root = Path(root)
         self.height, self.width, self.num_frames = height, width, num_frames
@@ -592,14 +347,12 @@ class ClipDataset(torch.utils.data.Dataset):
         report = _scan(self.root, frame_counts[0], fps if sampling == "fps" else None, self.include_images)
         kept, self.buckets = [], []
         for record in report.kept:
-            res_h, res_w = _nearest_resolution(record.width, record.height, resolutions)
+            frames, res_h, res_w = assign_bucket(record, frame_counts, resolutions)
             scale = max(res_h / record.height, res_w / record.width)
             if scale > 1 and not allow_upscale:
                 report.skipped.append((record.path, f"too small: {record.width}x{record.height} is smaller "
                                                     f"than its bucket {res_w}x{res_h} and allow_upscale=False"))
                 continue
-            fill = [t for t in frame_counts if t <= record.num_frames]
-            frames = frame_counts[-1] if record.is_image and 1 not in frame_counts else fill[-1]
             kept.append(record)
             self.buckets.append((frames, res_h, res_w))
         report.kept = kept
@@ -624,7 +377,7 @@ class ClipDataset(torch.utils.data.Dataset):
         frames = read_video(record.path, num_frames, fps=self.fps, sampling=self.sampling)  # (T, H, W, 3)
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.crop == "random" else None
         frames = resize_and_crop(frames, height, width, crop=self.crop, rng=rng)
-        pixel_values = torch.from_numpy(frames).permute(3, 0, 1, 2).float() / 127.5 - 1.0  # (3, T, H, W)
+        pixel_values = to_pixels(frames)  # (3, T, H, W) in [-1, 1]
         return {"pixel_values": pixel_values, "caption": record.caption, "path": str(record.path)}
 
     def cache_fields(self) -> dict:
@@ -642,52 +395,3 @@ class ClipDataset(torch.utils.data.Dataset):
             "include_images": self.include_images, "allow_upscale": self.allow_upscale, "items": items,
         }
 
-
-class BucketBatchSampler(torch.utils.data.Sampler):
-    """Batches of indices that share a bucket, so every batch stacks.
-
-    Use as `DataLoader(dataset, batch_sampler=BucketBatchSampler(dataset.buckets, batch_size))`.
-    The order depends only on (seed, epoch): call `set_epoch` each epoch for a new shuffle.
-
-    Args:
-        buckets: one hashable bucket per dataset index, e.g. `ClipDataset.buckets`.
-        batch_size: indices per batch.
-        shuffle: shuffle within buckets and the order of batches.
-        drop_last: drop each bucket's last incomplete batch (warns how many items that drops).
-        seed: shuffle seed.
-    """
-
-    def __init__(self, buckets: Sequence, batch_size: int, shuffle: bool = True, drop_last: bool = False,
-                 seed: int = 0):
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.groups: dict = defaultdict(list)
-        for index, bucket in enumerate(buckets):
-            self.groups[bucket].append(index)
-        self.batch_size, self.shuffle, self.drop_last, self.seed = batch_size, shuffle, drop_last, seed
-        self.epoch = 0
-        dropped = {b: len(ix) % batch_size for b, ix in self.groups.items() if len(ix) % batch_size}
-        if drop_last and dropped:
-            warnings.warn(f"drop_last=True drops {sum(dropped.values())} of {len(buckets)} items every epoch "
-                          f"(bucket sizes not a multiple of batch_size={batch_size}: "
-                          + ", ".join(f"{b}: {n} left over" for b, n in dropped.items()) + ")", stacklevel=2)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        rng = np.random.default_rng([self.seed, self.epoch])
-        batches = []
-        for indices in self.groups.values():
-            order = [indices[i] for i in rng.permutation(len(indices))] if self.shuffle else indices
-            for start in range(0, len(order), self.batch_size):
-                batch = order[start:start + self.batch_size]
-                if len(batch) == self.batch_size or not self.drop_last:
-                    batches.append(batch)
-        if self.shuffle:
-            batches = [batches[i] for i in rng.permutation(len(batches))]
-        return iter(batches)
-
-    def __len__(self) -> int:
-        rounding = (lambda n: n // self.batch_size) if self.drop_last else (lambda n: -(-n // self.batch_size))
-        return sum(rounding(len(ix)) for ix in self.groups.values())

@@ -31,11 +31,16 @@ import functools
 import random
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..utils.files import atomic_path, check_writable_dir
+from ..utils.video import write_video
 
 
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -619,3 +624,56 @@ class ShapesDataset(torch.utils.data.Dataset):
             # Area averaging is the exact box-filter downsample, so low-res stages see no aliasing.
             video = F.interpolate(video, size=(self.resolution, self.resolution), mode="area")
         return {"pixel_values": video.contiguous(), "caption": caption, "spec": dataclasses.asdict(spec)}
+
+
+def write_clip_folder(
+    folder: str | Path,
+    num_clips: int,
+    seed: int = 0,
+    num_frames: int = 16,
+    size: int = FRAME_SIZE,
+    fps: int = REFERENCE_FPS,
+    pairs: Sequence[tuple[str, str]] = VIDEO_PAIRS,
+    directions: Sequence[str] = DIRECTIONS,
+    suffix: str = ".gif",
+    progress: bool = True,
+) -> list[Path]:
+    """Render `num_clips` practice clips into `folder`, the layout `emuvideo finetune --data` reads.
+
+    Clip i is `clipIIIII{suffix}` (GIF by default: lossless for these flat colours) beside `clipIIIII.txt`, its
+    caption in the first model's phrasing (`random_caption(style="simple")`). Clip i's colour x shape pair is
+    drawn from `pairs`, its direction from `directions`, its speed from `SPEEDS`, all from one
+    `random.Random(seed)`, so a folder is reproducible from `seed`.
+
+    `folder` must be empty or not exist yet (it is refused before anything is rendered); every file is
+    written beside and renamed into place, so a stopped run leaves only whole clips, each with its caption.
+    Returns the clip paths.
+    """
+    # 1. check inputs: before any clip is rendered
+    folder = Path(folder)
+    for name, value in (("num_clips", num_clips), ("num_frames", num_frames), ("size", size), ("fps", fps)):
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if suffix not in (".gif", ".mp4"):
+        raise ValueError(f"suffix must be '.gif' or '.mp4', got {suffix!r}")
+    for direction in directions:
+        _check_choice("direction", direction, DIRECTIONS + DIAGONALS)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"clip folder {str(folder)!r} is a file")
+    if folder.is_dir() and any(folder.iterdir()):
+        raise ValueError(f"clip folder {str(folder)!r} is not empty: choose a new folder")
+    check_writable_dir(folder, "clip folder")
+    sample_spec(random.Random(0), num_frames, fps, speed="quickly")  # a clip too long to fit fails now
+
+    # 2. render and write, one clip at a time
+    rng = random.Random(seed)
+    paths = []
+    for i in tqdm(range(num_clips), desc="rendering clips", unit="clip", disable=not progress):
+        direction, speed = rng.choice(list(directions)), rng.choice(list(SPEEDS))  # drawn in this order
+        spec = sample_spec(rng, num_frames, fps, pairs=pairs, direction=direction, speed=speed)
+        path = folder / f"clip{i:05d}{suffix}"
+        # the caption first: a clip is there for a reader once its video is, and then it has its caption
+        with atomic_path(path.with_suffix(".txt")) as tmp:
+            tmp.write_text(random_caption(spec, rng, style="simple") + "\n")
+        paths.append(write_video(path, render_clip(spec, num_frames, fps, size=size), fps))
+    return paths

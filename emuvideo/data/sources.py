@@ -37,7 +37,7 @@ def shapes_clips(cfg, size: int, num_frames: int):
     from .shapes import ShapesDataset
 
     d = cfg.data
-    split = "image" if cfg.kind == "image" else d.split
+    split = "image" if cfg.kind in ("image", "autoencoder") else d.split  # stills: every colour x shape pair
     return ShapesDataset(split, d.num_frames, d.fps, d.num_clips, seed=cfg.seed, resolution=size,
                          render_frames=num_frames)
 
@@ -57,6 +57,14 @@ def folder_clips(cfg, size: int, num_frames: int):
 SOURCES = {"shapes": shapes_clips, "folder": folder_clips}
 # Sources whose items carry a spec that a caption is drawn from at every step: their text is not cached.
 CAPTIONS_PER_STEP = {"shapes"}
+
+
+def training_clips(cfg, size: int, num_frames: int | None = None):
+    """The clips of `cfg.data.source` as pixels, uncached: {"pixel_values" (3, T, H, W) in [-1, 1], "caption", ...}.
+    What `training_data` encodes, and the autoencoder stage's data."""
+    if cfg.data.source not in SOURCES:
+        raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {cfg.data.source!r}")
+    return SOURCES[cfg.data.source](cfg, size, num_frames or cfg.data.num_frames)
 
 
 def process_state() -> PartialState:
@@ -89,13 +97,11 @@ def training_data(cfg, vae, tokenizer, text_encoder, size: int, num_frames: int 
         a map-style dataset (a `LatentCache`, a `torch.utils.data.Subset` of one, or the raw clips; held in
         memory, `InMemory`, with `data.in_memory`).
     """
-    from ..pipelines.common import encode_frames, encode_prompt
+    from ..models.encoding import encode_frames, encode_prompt
 
     d = cfg.data
-    if d.source not in SOURCES:
-        raise ValueError(f"data.source must be one of {sorted(SOURCES)}, got {d.source!r}")
     num_frames = num_frames or d.num_frames
-    clips = SOURCES[d.source](cfg, size, num_frames)
+    clips = training_clips(cfg, size, num_frames)
     if d.high_motion_fraction is not None and not 0 < d.high_motion_fraction <= 1:
         raise ValueError(f"data.high_motion_fraction must be in (0, 1], got {d.high_motion_fraction}")
     if not d.cache_dir or d.crop == "random":

@@ -152,12 +152,15 @@ def generate_videos(pipe, jobs: list[tuple[dict, int]], batch_size: int = 8, pro
     Each video's noise comes from its own CPU generator seeded with `prompt_seed`, so it is the same on any
     device and in any batch.
     """
+    from ..pipelines.common import numpy_to_uint8
+
     with tqdm(total=len(jobs), desc="eval", unit="video", disable=not progress) as bar, torch.no_grad():
         for start in range(0, len(jobs), batch_size):
             chunk = jobs[start : start + batch_size]
             generators = [torch.Generator().manual_seed(prompt_seed(p["prompt"], seed)) for p, seed in chunk]
-            out = pipe([p["prompt"] for p, _ in chunk], generator=generators, output_type="np", **call_kwargs)
-            for (target, seed), frames in zip(chunk, out.frames):
+            # prompt= by name: an image-to-video pipeline with no image (direct text-to-video) is called the same way
+            out = pipe(prompt=[p["prompt"] for p, _ in chunk], generator=generators, output_type="np", **call_kwargs)
+            for (target, seed), frames in zip(chunk, numpy_to_uint8(out.frames)):  # the bytes a file would hold
                 yield target, seed, frames, out.fps
             bar.update(len(chunk))
 

@@ -14,6 +14,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..data.shapes import VIDEO_HELD_OUT_PAIRS, canonical_prompts
+from ..pipelines.common import numpy_to_uint8
 from .judge import judge_video, score
 
 ATTRIBUTES = ("colour", "shape", "direction", "speed", "all")
@@ -56,7 +57,7 @@ def evaluate_shapes(pipe, seed: int = 0, batch_size: int = 8, limit: int | None 
         generators = [torch.Generator().manual_seed(seed) for _ in chunk]
         # A list of generators: diffusers draws one noise slice per prompt, so a prompt's video is its own.
         out = pipe([p["prompt"] for p in chunk], generator=generators, **call_kwargs)
-        for target, frames in zip(chunk, out.frames):
+        for target, frames in zip(chunk, numpy_to_uint8(out.frames)):  # "np" is float in [0, 1]
             judgement = judge_video(frames, fps=out.fps)
             report.rows.append(
                 {
@@ -92,7 +93,7 @@ def evaluate_animate(pipe, seed: int = 0, batch_size: int = 8, limit: int | None
         ]
         generators = [torch.Generator().manual_seed(seed) for _ in chunk]
         out = i2v(firsts, [p["prompt"] for p in chunk], generator=generators, **call_kwargs)
-        for target, first, frames in zip(chunk, firsts, out.frames):
+        for target, first, frames in zip(chunk, firsts, numpy_to_uint8(out.frames)):
             mse = np.mean((frames[0].astype(np.float64) - first.astype(np.float64)) ** 2)
             rows.append({
                 "prompt": target["prompt"],

@@ -16,8 +16,9 @@ import warnings
 from pathlib import Path
 
 from diffusers.loaders import StableDiffusionLoraLoaderMixin
-from diffusers.loaders.lora_base import LoraBaseMixin
+from diffusers.loaders.lora_base import LORA_WEIGHT_NAME_SAFE, LoraBaseMixin
 
+from ..utils.files import plain_permissions
 from .peft import PICKLE_SUFFIXES, check_lora_fits
 
 
@@ -44,13 +45,16 @@ class EmuVideoLoraLoaderMixin(LoraBaseMixin):
     def save_lora_weights(cls, save_directory, unet_lora_layers, unet_lora_adapter_metadata: dict | None = None,
                           is_main_process: bool = True, weight_name: str | None = None, save_function=None,
                           safe_serialization: bool = True) -> None:
-        """Write the video U-Net's LoRA layers as diffusers' `pytorch_lora_weights.safetensors`."""
+        """Write the video U-Net's LoRA layers as diffusers' `pytorch_lora_weights.safetensors` (readable by others,
+        as the JSON files a pipeline folder holds: `plain_permissions`)."""
         if not unet_lora_layers:
             raise ValueError("unet_lora_layers is empty: there is no LoRA to save")
         cls._save_lora_weights(save_directory, {cls.unet_name: unet_lora_layers},
                                {cls.unet_name: unet_lora_adapter_metadata}, is_main_process=is_main_process,
                                weight_name=weight_name, save_function=save_function,
                                safe_serialization=safe_serialization)
+        if is_main_process and safe_serialization:
+            plain_permissions(Path(save_directory) / (weight_name or LORA_WEIGHT_NAME_SAFE))
 
     def fuse_lora(self, components: list[str] | None = None, lora_scale: float = 1.0, safe_fusing: bool = False,
                   adapter_names: list[str] | None = None, **kwargs) -> None:

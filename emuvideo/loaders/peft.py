@@ -20,9 +20,12 @@ Only safetensors are read (no pickle).
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import re
+import warnings
 from pathlib import Path
 
 import torch
@@ -32,8 +35,8 @@ from diffusers.utils.peft_utils import get_adapter_name
 from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
 from peft.tuners.lora import LoraLayer
 from peft.tuners.tuners_utils import BaseTunerLayer
-from safetensors import safe_open
-from safetensors.torch import load_file
+from peft.utils.other import get_pattern_key
+from safetensors import SafetensorError, safe_open
 from torch import nn
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -68,9 +71,8 @@ def read_lora(source: str | Path, model: nn.Module, prefix: str | None) -> tuple
         raise ValueError(f"LoRA {str(source)!r}: no such folder or file")
     if path.suffix != ".safetensors":
         raise ValueError(f"LoRA {str(source)!r} is not a .safetensors file (pickle weights are not loaded)")
-    state = load_file(str(path))
-    with safe_open(str(path), "pt") as f:
-        raw = (f.metadata() or {}).get(LORA_ADAPTER_METADATA_KEY)
+    state, file_metadata = read_safetensors(path)
+    raw = file_metadata.get(LORA_ADAPTER_METADATA_KEY)
     metadata = json.loads(raw) if raw else None
     if any(k.startswith(PEFT_PREFIX) for k in state):
         raise ValueError(f"LoRA {str(source)!r} holds peft weights without the {ADAPTER_CONFIG} that gives their "
@@ -81,6 +83,16 @@ def read_lora(source: str | Path, model: nn.Module, prefix: str | None) -> tuple
             metadata = {k.removeprefix(f"{prefix}."): v for k, v in metadata.items() if k.startswith(f"{prefix}.")}
             metadata = metadata or None
     return state, metadata, {}
+
+
+def read_safetensors(path: Path) -> tuple[dict, dict]:
+    """(tensors, metadata) of a LoRA's `.safetensors` file; a truncated or corrupted one is an error naming it."""
+    try:
+        with safe_open(str(path), "pt") as f:  # checks the header against the file's size
+            return {k: f.get_tensor(k) for k in f.keys()}, f.metadata() or {}
+    except (SafetensorError, OSError) as err:
+        raise ValueError(f"LoRA file {str(path)!r} is not a readable safetensors file (truncated or corrupted?): "
+                         f"{str(err).strip().splitlines()[0]}") from None
 
 
 def _read_peft_folder(folder: Path, model: nn.Module) -> tuple[dict, dict, dict]:
@@ -95,7 +107,8 @@ def _read_peft_folder(folder: Path, model: nn.Module) -> tuple[dict, dict, dict]
         raise ValueError(f"LoRA folder {str(folder)!r}: {ADAPTER_CONFIG} is not JSON ({err})") from err
     if config.get("peft_type") != "LORA":
         raise ValueError(f"LoRA folder {str(folder)!r} holds a {config.get('peft_type')!r} adapter, not a LoRA")
-    state = {k.removeprefix(PEFT_PREFIX): v for k, v in load_file(str(weights)).items()}
+    config["base_model_name_or_path"] = peft_base_model(config.get("base_model_name_or_path"))
+    state = {k.removeprefix(PEFT_PREFIX): v for k, v in read_safetensors(weights)[0].items()}
     lora = {k: v for k, v in state.items() if ".lora_" in k}
     full = {k: v for k, v in state.items() if ".lora_" not in k}  # modules_to_save: whole layers
     config.pop("modules_to_save", None)
@@ -161,6 +174,18 @@ def _add_lora_biases(model: nn.Module, biases: dict, adapter_name: str) -> None:
         layer.lora_bias[adapter_name] = True
 
 
+def peft_base_model(name: str | None) -> str | None:
+    """What a LoRA records as its `base_model_name_or_path`: a local folder (absolute), a Hub id (owner/name) or
+    None. Anything else (a preset name, "emuvideo-default") is not a model peft can find, and peft would ask
+    the Hub for it (`get_peft_model_state_dict` looks for the base's config there)."""
+    if not name:
+        return None
+    if Path(name).expanduser().is_dir():
+        return str(Path(name).expanduser().absolute())
+    parts = str(name).split("/")
+    return name if len(parts) == 2 and all(parts) and not name.startswith((".", "/", "~")) else None
+
+
 # ---------------------------------------------------------------------------------------------- checking
 def check_lora_fits(model: nn.Module, state_dict: dict, source: str) -> None:
     """A LoRA whose layers the model lacks, or of other sizes, is an error, not an adapter that does nothing.
@@ -192,6 +217,23 @@ def check_lora_fits(model: nn.Module, state_dict: dict, source: str) -> None:
                              f"{want} {side} features in the model, {got} in the LoRA")
 
 
+def check_lora_ranks(state_dict: dict, config: dict, source: str) -> None:
+    """The rank each layer's `lora_A` has must be the one its config gives (`r`, or its `rank_pattern` entry):
+    peft builds the layers from the config, and loading tensors of another rank would fail deep in torch."""
+    if "r" not in config:
+        return
+    rank_pattern = config.get("rank_pattern") or {}
+    for key, value in state_dict.items():
+        if ".lora_A." not in key:
+            continue
+        name = key.partition(".lora_A.")[0]
+        want = rank_pattern.get(get_pattern_key(rank_pattern.keys(), name), config["r"])
+        if value.shape[0] != want:
+            raise ValueError(f"LoRA {source} contradicts its config: {name!r} has rank {value.shape[0]} in its weights, "
+                             f"the config says {want} (r={config['r']}); the weights and the config are from "
+                             "different LoRAs")
+
+
 # ---------------------------------------------------------------------------------------------- mixin
 class EmuVideoPeftAdapterMixin(PeftAdapterMixin):
     """diffusers' `PeftAdapterMixin` (`load_lora_adapter`, `set_adapters`, `fuse_lora`, `unload_lora`, ...)
@@ -220,15 +262,52 @@ class EmuVideoPeftAdapterMixin(PeftAdapterMixin):
             state, read_metadata, biases = read_lora(given, self, prefix)
             metadata = metadata or read_metadata
         check_lora_fits(self, state, source)
+        if metadata:
+            check_lora_ranks(state, metadata, source)
         network_alphas = kwargs.pop("network_alphas", None)
-        if network_alphas:  # diffusers wants a prefix with them: put one back
-            state = {f"unet.{k}": v for k, v in state.items()}
-            metadata = {f"unet.{k}": v for k, v in metadata.items()} if metadata else None
-            super().load_lora_adapter(state, prefix="unet", hotswap=hotswap, network_alphas=network_alphas,
-                                      metadata=metadata, **kwargs)
-        else:
-            super().load_lora_adapter(state, prefix=None, hotswap=hotswap, metadata=metadata, **kwargs)
+        with _missing_keys_of(kwargs["adapter_name"]):
+            if network_alphas:  # diffusers wants a prefix with them: put one back
+                state = {f"unet.{k}": v for k, v in state.items()}
+                metadata = {f"unet.{k}": v for k, v in metadata.items()} if metadata else None
+                super().load_lora_adapter(state, prefix="unet", hotswap=hotswap, network_alphas=network_alphas,
+                                          metadata=metadata, **kwargs)
+            else:
+                super().load_lora_adapter(state, prefix=None, hotswap=hotswap, metadata=metadata, **kwargs)
         _add_lora_biases(self, biases, kwargs["adapter_name"])
+
+
+class _OnlyKeysOf(logging.Filter):
+    """diffusers warns of the new adapter's missing keys by taking every missing key in which the adapter's name
+    occurs (`adapter_name in key`): adapter "b" gets all the keys of the adapters loaded before it (`down_blocks`
+    holds a "b"). Keep the keys that hold the name as a part (`.b.`), as peft matches adapter names."""
+
+    MISSING = "Loading adapter weights from state_dict led to missing keys in the model: "
+
+    def __init__(self, adapter_name: str):
+        super().__init__()
+        self.part = f".{adapter_name}."
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        before, found, keys = record.getMessage().partition(self.MISSING)
+        if not found:
+            return True
+        ours = [k for k in keys.rstrip(".").split(", ") if self.part in k]
+        message = f"{before}{self.MISSING}{', '.join(ours)}." if ours else before.strip()
+        record.msg, record.args = message, ()
+        return bool(message)
+
+
+@contextlib.contextmanager
+def _missing_keys_of(adapter_name: str):
+    logger = logging.getLogger("diffusers.utils.peft_utils")  # where `_maybe_warn_for_unhandled_keys` logs
+    only = _OnlyKeysOf(adapter_name)
+    logger.addFilter(only)
+    try:
+        with warnings.catch_warnings():  # peft's note on a second adapter: here several adapters are the point
+            warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute", category=UserWarning)
+            yield
+    finally:
+        logger.removeFilter(only)
 
 
 # ---------------------------------------------------------------------------------------------- one LoRA

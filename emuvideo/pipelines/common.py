@@ -1,5 +1,5 @@
-"""Pieces the three pipelines share: input checks, prompt encoding, per-frame VAE coding, image
-preprocessing, and turning decoded frames into the requested `output_type`."""
+"""Pieces the pipelines share: input checks, prompt encoding, per-frame VAE coding, image
+preprocessing, and turning decoded frames into the requested `output_type` (diffusers' conventions)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ import PIL.Image
 import torch
 from einops import rearrange
 
-from ..utils.video import array_to_image, to_rgb
+from ..models.encoding import encode_frames, encode_prompt, latent_shift, vae_scale_factor  # noqa: F401
+from ..preprocessing import array_to_image, cover_size, resize_and_crop, to_pixels, to_rgb
 
 logger = logging.getLogger(__name__)
 
@@ -20,8 +21,9 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # Sampler steps of the text-to-image and image-to-video stages, from the step curve (docs/performance.md §1):
 # the fewest DDIM steps whose strict rate, on all 120 canonical prompts x 3 seeds, stays within the Wilson 95%
 # interval of 25 steps (16 + 16: 75.0%, 25 + 25: 78.1% (73.5-82.1); 12 + 12: 61.1%). The interpolation model,
-# not on the curve, keeps 25.
+# not on the curve, keeps 25 (INTERPOLATION_STEPS: `generate --interpolate`, `animate --interpolate`, `interpolate`).
 DEFAULT_STEPS = 16
+INTERPOLATION_STEPS = 25
 
 
 class NonFiniteOutputError(ValueError):
@@ -66,23 +68,40 @@ def warn_untrained_shape(height: int, width: int, trained_size: int, num_frames:
                        num_frames, trained_frames)
 
 
-def frames_to_output(frames: torch.Tensor, output_type: str):
-    """Decoded pixels in [-1, 1] -> what `output_type` asks for; images `(B, 3, H, W)` or videos `(B, 3, T, H, W)`.
+def postprocess(frames: torch.Tensor, output_type: str):
+    """Decoded pixels in [-1, 1] -> `output_type`, as diffusers' `VideoProcessor.postprocess_video` (videos
+    `(B, 3, T, H, W)`) and `VaeImageProcessor.postprocess` (images `(B, 3, H, W)`) give them.
 
-    "pt": the tensor as is. "np": uint8 `(B, H, W, 3)` / `(B, T, H, W, 3)`. "pil": a list of B `PIL.Image`s
-    (images) or of B lists of T (videos). "latent" is returned before decoding, by the pipeline itself.
+    Videos: "np" float32 `(B, T, H, W, 3)` in [0, 1], "pt" float `(B, T, 3, H, W)` in [0, 1], "pil" B lists of T
+    `PIL.Image`s. Images: "np" `(B, H, W, 3)`, "pt" `(B, 3, H, W)`, "pil" a list of B. "latent" is returned
+    before decoding, by the pipeline itself. Computed in float32 whatever the VAE's dtype.
     """
+    from diffusers.video_processor import VideoProcessor
+
     check_output_type(output_type)
     if output_type == "latent":
-        raise ValueError("output_type 'latent' is returned before decoding; frames_to_output takes decoded pixels")
-    if output_type == "pt":
-        return frames
-    is_image = frames.ndim == 4
-    x = to_uint8(frames[:, :, None] if is_image else frames)  # (B, T, H, W, 3)
-    if output_type == "np":
-        return x[:, 0] if is_image else x
-    pil = [[PIL.Image.fromarray(f) for f in video] for video in x]
-    return [video[0] for video in pil] if is_image else pil
+        raise ValueError("output_type 'latent' is returned before decoding; postprocess takes decoded pixels")
+    processor = VideoProcessor(do_resize=False)
+    if frames.ndim == 4:
+        return processor.postprocess(frames.float(), output_type)
+    return processor.postprocess_video(frames.float(), output_type)
+
+
+def numpy_to_uint8(frames: np.ndarray) -> np.ndarray:
+    """"np" output (float in [0, 1]) -> uint8, rounded as diffusers' `numpy_to_pil` does; the bytes files hold
+    (the same as `to_uint8` of the decoded pixels, bit for bit)."""
+    return (frames * 255).round().astype(np.uint8)
+
+
+class VaeSlicingMixin:
+    """`enable_vae_slicing`: the VAE decodes one frame at a time (diffusers' `AutoencoderKL.enable_slicing`), the
+    same frames at a lower peak memory; `disable_vae_slicing` goes back to decoding a batch of frames per call."""
+
+    def enable_vae_slicing(self) -> None:
+        self.vae.enable_slicing()
+
+    def disable_vae_slicing(self) -> None:
+        self.vae.disable_slicing()
 
 
 def register_with_diffusers(*pipeline_classes) -> None:
@@ -107,29 +126,36 @@ def check_prompts(prompt: str | list[str]) -> list[str]:
     return prompts
 
 
-def encode_prompt(tokenizer, text_encoder, prompts: list[str], device) -> torch.Tensor:
-    """Token states `(B, L, D)` of the text encoder's last layer (padded to the tokenizer's max length)."""
-    tokens = tokenizer(
-        prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-    )
-    kwargs = {}
-    if "attention_mask" in tokens and text_encoder.config.model_type != "clip_text_model":
-        kwargs["attention_mask"] = tokens.attention_mask.to(device)
-    return text_encoder(tokens.input_ids.to(device), **kwargs)[0]
-
-
-def vae_scale_factor(vae) -> int:
-    return 2 ** (len(vae.config.block_out_channels) - 1)
-
-
-def encode_frames(vae, frames: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
-    """`(B, 3, T, H, W)` in [-1, 1] -> scaled latents `(B, C, T, h, w)`; the VAE runs per frame."""
-    t = frames.shape[2]
-    x = rearrange(frames, "b c t h w -> (b t) c h w").to(vae.device, vae.dtype)
-    dist = vae.encode(x).latent_dist
-    z = dist.sample(generator) if sample else dist.mode()
-    z = (z - _shift(vae)) * vae.config.scaling_factor
-    return rearrange(z, "(b t) c h w -> b c t h w", t=t)
+def prompt_embeddings(pipe, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                      num_per_prompt: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(negative, positive) token states `(B·n, L, D)`: each prompt's `n = num_per_prompt` times in a row (as
+    diffusers), from `prompt`/`negative_prompt` or given as `prompt_embeds`/`negative_prompt_embeds`."""
+    if (prompt is None) == (prompt_embeds is None):
+        raise ValueError("pass exactly one of prompt and prompt_embeds, got "
+                         + ("both" if prompt is not None else "neither"))
+    if negative_prompt is not None and negative_prompt_embeds is not None:
+        raise ValueError("pass at most one of negative_prompt and negative_prompt_embeds, got both")
+    if isinstance(num_per_prompt, bool) or not isinstance(num_per_prompt, int) or num_per_prompt < 1:
+        raise ValueError(f"num_videos_per_prompt must be an integer >= 1, got {num_per_prompt!r}")
+    device = pipe._execution_device
+    if prompt_embeds is None:
+        prompts = check_prompts(prompt)
+        b = len(prompts)
+    else:
+        if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
+            raise ValueError(f"prompt_embeds must be a (B, L, D) tensor, got {getattr(prompt_embeds, 'shape', prompt_embeds)!r}")
+        prompts, b = [], prompt_embeds.shape[0]
+    negatives = [] if negative_prompt_embeds is not None else (
+        [negative_prompt or ""] * b if not isinstance(negative_prompt, list) else negative_prompt)
+    texts = negatives + prompts  # encoded in one batch, as before prompt_embeds existed (the same numbers)
+    encoded = list(encode_prompt(pipe.tokenizer, pipe.text_encoder, texts, device).split(b)) if texts else []
+    negative = negative_prompt_embeds if negative_prompt_embeds is not None else encoded.pop(0)
+    positive = prompt_embeds if prompt_embeds is not None else encoded.pop(0)
+    if negative.shape != positive.shape:
+        raise ValueError(f"negative_prompt_embeds must have prompt_embeds' shape {tuple(positive.shape)}, "
+                         f"got {tuple(negative.shape)}")
+    return (negative.to(device).repeat_interleave(num_per_prompt, dim=0),
+            positive.to(device).repeat_interleave(num_per_prompt, dim=0))
 
 
 def decode_frames(vae, latents: torch.Tensor, chunk: int = 32) -> torch.Tensor:
@@ -137,15 +163,11 @@ def decode_frames(vae, latents: torch.Tensor, chunk: int = 32) -> torch.Tensor:
     t = latents.shape[2]
     check_finite(latents, "the sampled latents")  # a NaN here would decode to black frames
     z = rearrange(latents, "b c t h w -> (b t) c h w").to(vae.dtype)
-    z = z / vae.config.scaling_factor + _shift(vae)
+    z = z / vae.config.scaling_factor + latent_shift(vae)
     x = torch.cat([vae.decode(part).sample for part in z.split(chunk)])
     check_finite(x, "the decoded frames")
     x = x.clamp(-1, 1)  # the decoder can overshoot
     return rearrange(x, "(b t) c h w -> b c t h w", t=t)
-
-
-def _shift(vae) -> float:
-    return vae.config.shift_factor or 0.0
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -155,11 +177,11 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 
 def preprocess_image(image: PIL.Image.Image | np.ndarray | torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, str]:
-    """Resize (short side to fit) and centre-crop an image to (height, width).
+    """Resize (short side to fit) and centre-crop an image to (height, width), as training reads images
+    (`emuvideo.preprocessing`: EXIF orientation, 16-bit rescaled, transparency on white, one resizer).
 
-    `image`: a Pillow image of any mode (see `emuvideo.utils.video.to_rgb`: EXIF orientation, 16-bit,
-    transparency on white), an array (see `array_to_image`: uint8, uint16, bool, float in [0, 1]) or a
-    tensor `(3, H, W)` in [-1, 1].
+    `image`: a Pillow image of any mode (see `emuvideo.preprocessing.to_rgb`), an array (see `array_to_image`:
+    uint8, uint16, bool, float in [0, 1]) or a tensor `(3, H, W)` in [-1, 1].
     Returns the image `(1, 3, H, W)` in [-1, 1] and a sentence saying what was done, for logging.
     """
     if isinstance(image, torch.Tensor):
@@ -172,22 +194,18 @@ def preprocess_image(image: PIL.Image.Image | np.ndarray | torch.Tensor, height:
         image = array_to_image(image)
     elif not isinstance(image, PIL.Image.Image):
         raise ValueError(f"image must be a PIL image, a numpy array or a (3, H, W) tensor, got {type(image).__name__}")
-    image = to_rgb(image)
-    w0, h0 = image.size
-    scale = max(width / w0, height / h0)
-    new = (max(width, round(w0 * scale)), max(height, round(h0 * scale)))
+    rgb = np.asarray(to_rgb(image))  # (H, W, 3) uint8
+    h0, w0 = rgb.shape[:2]
+    new_h, new_w = cover_size(h0, w0, height, width)
     note = f"image {w0}x{h0}"
-    if new != (w0, h0):
-        image = image.resize(new, PIL.Image.Resampling.LANCZOS if scale < 1 else PIL.Image.Resampling.BICUBIC)
-        note += f" resized to {new[0]}x{new[1]}"
-    if new != (width, height):
-        left, top = (new[0] - width) // 2, (new[1] - height) // 2
-        image = image.crop((left, top, left + width, top + height))
+    if (new_h, new_w) != (h0, w0):
+        note += f" resized to {new_w}x{new_h}"
+    if (new_h, new_w) != (height, width):
         note += f", centre-cropped to {width}x{height}"
     if note == f"image {w0}x{h0}":
         note += " used as is"
-    x = torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 127.5 - 1
-    return x[None], note
+    x = to_pixels(resize_and_crop(rgb[None], height, width))  # (3, 1, H, W)
+    return rearrange(x, "c t h w -> t c h w"), note
 
 
 def check_size(height: int, width: int, multiple: int) -> None:

@@ -16,38 +16,40 @@ from ..models.video_unet import EmuVideoUNet
 from ..models.conditioning import known_frames_conditioning
 from .common import (
     DEFAULT_STEPS,
+    VaeSlicingMixin,
     check_finite,
     check_output_type,
-    check_prompts,
     check_scale,
     check_size,
     decode_frames,
     encode_frames,
-    encode_prompt,
-    frames_to_output,
     pin_known_frames as pin_frames,
+    postprocess,
     preprocess_image,
-    step_kwargs,
-    to_uint8,
+    prompt_embeddings,
     vae_scale_factor,
     warn_untrained_shape,
 )
+from .sampling import check_callback, denoise
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class EmuVideoPipelineOutput(BaseOutput):
-    """frames: `(B, T, H, W, 3)` uint8 ("np"), B lists of T `PIL.Image` ("pil"), `(B, 3, T, H, W)` in [-1, 1]
-    ("pt") or latents ("latent").
-    images: the conditioning images, `(B, H, W, 3)` uint8. fps: the frame rate the clip is meant to play at."""
+    """frames, as diffusers' video pipelines give them (`VideoProcessor.postprocess_video`): float32
+    `(B, T, H, W, 3)` in [0, 1] ("np"), B lists of T `PIL.Image` ("pil"), `(B, T, 3, H, W)` in [0, 1] ("pt"), or
+    latents `(B, C, T, h, w)` ("latent").
+    images: the first frames given or generated, float32 `(B, H, W, 3)` in [0, 1] (diffusers' "np") whatever
+    the output_type; None without a first frame.
+    fps: the frame rate the clip is meant to play at."""
 
-    frames: np.ndarray | torch.Tensor
-    images: np.ndarray | None = None
+    frames: np.ndarray | torch.Tensor | list
+    images: np.ndarray | torch.Tensor | list | None = None
     fps: int | None = None
 
 
-class EmuImageToVideoPipeline(DiffusionPipeline):
+class EmuImageToVideoPipeline(DiffusionPipeline, VaeSlicingMixin):
     r"""Image-to-video: animate a given first frame as the text says (`emuvideo animate`).
 
     The image latent is placed at frame 0 of an all-zero conditioning video with a mask that is 1 there
@@ -55,9 +57,14 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
     another) and `keyframes` (images at given frame indices) are placed the same way, each with its mask
     (`emuvideo.models.conditioning`, which training uses too). Guidance follows the paper's two-condition form
     X̃ = X(∅) + w_i·(X(I) − X(∅)) + w_p·(X(I, p) − X(I)), the three terms in one batched forward.
+
+    With no known frame (`image=None`, no `last_image` or `keyframes`) it is direct text-to-video: the
+    condition all zeros, mask 0, as training gives a sample whose image is dropped; X(I) = X(∅), so the
+    guidance is X(∅) + w_p·(X(p) − X(∅)), two terms per step.
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
@@ -84,8 +91,8 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        image: PIL.Image.Image | np.ndarray | torch.Tensor | list,
-        prompt: str | list[str],
+        image: PIL.Image.Image | np.ndarray | torch.Tensor | list | None = None,
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_frames: int | None = None,
         height: int | None = None,
@@ -93,28 +100,37 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
         num_inference_steps: int = DEFAULT_STEPS,
         guidance_image: float = 2.0,
         guidance_text: float = 7.5,
-        generator: torch.Generator | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         fps: int | None = None,
         pin_known_frames: bool = True,
         last_image: PIL.Image.Image | np.ndarray | torch.Tensor | list | None = None,
         keyframes: dict | None = None,
         output_type: str = "np",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> EmuVideoPipelineOutput | tuple:
         r"""
         Args:
             image: the first frame; one per prompt (PIL, uint8 `(H, W, 3)` array, or `(3, H, W)` in [-1, 1]).
-                It is resized and centre-cropped to (height, width); what was done is logged.
-            prompt: one text or a list, as many as images.
-            negative_prompt: replaces the empty prompt of the unconditional branches.
+                It is resized and centre-cropped to (height, width); what was done is logged. None: no first
+                frame (direct text-to-video when no other frame is known either).
+            prompt: one text or a list, as many as images; or `prompt_embeds`.
+            negative_prompt: replaces the empty prompt of the unconditional branches; or `negative_prompt_embeds`.
             num_frames: frames to generate, the first being the image (default: the model's training length).
             height, width: pixels (default: the model's training size).
             num_inference_steps: sampler steps.
             guidance_image: w_i, the image guidance scale (paper: 2.0).
             guidance_text: w_p, the text guidance scale (paper: 7.5).
-            generator: for reproducible noise.
-            latents: `(B, C, T, h, w)` starting noise instead of drawing it from `generator`.
+            num_videos_per_prompt: videos per prompt (each prompt's in a row, from the same known frames).
+            generator: for reproducible noise (or a list, one per video).
+            latents: `(B, C, T, h, w)` starting noise instead of drawing it from `generator`; the known frames
+                are re-noised with it too, so that with DDIM the call no longer depends on `generator`.
+            prompt_embeds, negative_prompt_embeds: `(B, L, D)` text-encoder states instead of the texts.
             fps: the frame rate the clip is meant for (returned, used when writing files).
             pin_known_frames: after every step, put the known frames' latents (noised to the next step's
                 level) back, so the video passes exactly through the given images (up to the VAE) and the
@@ -122,14 +138,16 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
             last_image: the last frame (one per prompt, like `image`): a video from `image` to it.
             keyframes: `{frame index: image}` (or `{index: [one image per prompt]}`); negative indices count
                 from the end, as in Python. With `image` (frame 0) and `last_image`, at most one per index.
-            output_type: "np", "pil", "pt" or "latent".
+            output_type: "np", "pil", "pt" or "latent" (see `EmuVideoPipelineOutput`).
             return_dict: False returns `(frames,)`.
+            callback_on_step_end: `f(pipe, step, t, {"latents": ...}) -> dict` after every step, as in diffusers.
+            callback_on_step_end_tensor_inputs: the tensors it gets (of `_callback_tensor_inputs`).
         """
         # 1. check inputs
-        prompts = check_prompts(prompt)
         check_output_type(output_type)
         check_scale("guidance_image", guidance_image)
         check_scale("guidance_text", guidance_text)
+        tensor_inputs = check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
         num_frames = self.config.default_num_frames if num_frames is None else num_frames
@@ -138,7 +156,10 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
         height, width = height or self.default_size, width or self.default_size
         check_size(height, width, self.size_multiple)
         warn_untrained_shape(height, width, self.default_size, num_frames, self.config.default_num_frames)
-        known_images = known_frame_images(len(prompts), num_frames, image, last_image, keyframes)
+        negative, positive = prompt_embeddings(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                               num_videos_per_prompt)
+        b = len(positive) // num_videos_per_prompt  # prompts
+        known_images = known_frame_images(b, num_frames, image, last_image, keyframes)
         device, dtype = self._execution_device, self.unet.dtype
 
         # 2. encode the known frames into a conditioning video: their latents at their indices, zeros
@@ -150,57 +171,59 @@ class EmuImageToVideoPipeline(DiffusionPipeline):
                 x, note = preprocess_image(im, height, width)
                 logger.info("frame %d: %s", index, note)
                 batch.append(x)
-            pixels[index] = torch.cat(batch)  # (B, 3, H, W)
+            pixels[index] = torch.cat(batch).repeat_interleave(num_videos_per_prompt, dim=0)  # (B, 3, H, W)
         indices = sorted(pixels)
-        known_latents = encode_frames(self.vae, torch.stack([pixels[i] for i in indices], dim=2).to(device))
-        b, c, _, h, w = known_latents.shape
-        video = known_latents.new_zeros(b, c, num_frames, h, w)
-        video[:, :, indices] = known_latents
+        scale = vae_scale_factor(self.vae)
+        video = torch.zeros(len(positive), self.vae.config.latent_channels, num_frames, height // scale,
+                            width // scale, device=device, dtype=self.vae.dtype)
+        if indices:
+            video[:, :, indices] = encode_frames(self.vae, torch.stack([pixels[i] for i in indices], dim=2).to(device))
         known = torch.zeros(num_frames, dtype=torch.bool, device=device)
         known[indices] = True
         conditioning, mask = known_frames_conditioning(video, known)
 
-        # 3. encode prompts
-        negatives = [negative_prompt or ""] * b if not isinstance(negative_prompt, list) else negative_prompt
-        text = encode_prompt(self.tokenizer, self.text_encoder, negatives + prompts, device)
-        text_uncond, text_cond = text.chunk(2)
-        # One batch for the three guidance terms: X(∅), X(I), X(I, p).
-        cond_3 = torch.cat([torch.zeros_like(conditioning), conditioning, conditioning]).to(dtype)
-        mask_3 = torch.cat([torch.zeros_like(mask), mask, mask]).to(dtype)
-        text_3 = torch.cat([text_uncond, text_uncond, text_cond]).to(dtype)
+        # 3. the guidance terms in one batch: X(∅), X(I), X(I, p); with no known frame X(I) = X(∅): X(∅), X(p)
+        if indices:
+            scales = (guidance_image, guidance_text)
+            cond_in = torch.cat([torch.zeros_like(conditioning), conditioning, conditioning]).to(dtype)
+            mask_in = torch.cat([torch.zeros_like(mask), mask, mask]).to(dtype)
+            text_in = torch.cat([negative, negative, positive]).to(dtype)
+        else:
+            scales = (guidance_text,)
+            cond_in, mask_in = torch.cat([conditioning] * 2).to(dtype), torch.cat([mask] * 2).to(dtype)
+            text_in = torch.cat([negative, positive]).to(dtype)
 
         # 4. timesteps and starting noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
         if latents is None:
             latents = randn_tensor(conditioning.shape, generator=generator, device=device, dtype=dtype)
+            pin_noise = randn_tensor(conditioning.shape, generator=generator, device=device, dtype=dtype) if indices else None
         elif latents.shape != conditioning.shape:
             raise ValueError(f"latents must have shape {tuple(conditioning.shape)}, got {tuple(latents.shape)}")
+        else:
+            pin_noise = latents.to(device, dtype)
         latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
         pin = mask.to(dtype).expand_as(latents)  # 1 at known frames, for every channel
-        pin_noise = randn_tensor(conditioning.shape, generator=generator, device=device, dtype=dtype)
+
+        def put_back_known_frames(latents, i):
+            return pin_frames(self.scheduler, latents, conditioning, pin, pin_noise, timesteps, i)
 
         # 5. denoise
-        for i, t in enumerate(self.progress_bar(timesteps)):
-            x = self.scheduler.scale_model_input(torch.cat([latents] * 3), t)
-            out = self.unet(x, t, text_3, conditioning=cond_3, conditioning_mask=mask_3).sample
-            x_none, x_image, x_full = out.chunk(3)
-            guided = x_none + guidance_image * (x_image - x_none) + guidance_text * (x_full - x_image)
-            latents = self.scheduler.step(guided, t, latents, **step_kwargs(self.scheduler, generator)).prev_sample
-            if pin_known_frames:
-                latents = pin_frames(self.scheduler, latents, conditioning, pin, pin_noise, timesteps, i)
+        latents = denoise(self, self.unet, latents, timesteps, scales, text_in, generator,
+                          after_step=put_back_known_frames if pin_known_frames and indices else None,
+                          callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=tensor_inputs,
+                          conditioning=cond_in, conditioning_mask=mask_in)
 
         # 6. decode
         check_finite(latents, "the video latents")
-        out_images = to_uint8(pixels[0][:, :, None])[:, 0]
         fps = fps or self.config.default_fps
-        if output_type == "latent":
-            frames = latents
-        else:
-            frames = frames_to_output(decode_frames(self.vae, latents), output_type)
+        first = postprocess(pixels[0], "np") if 0 in pixels else None
+        frames = latents if output_type == "latent" else postprocess(decode_frames(self.vae, latents), output_type)
+        self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)
-        return EmuVideoPipelineOutput(frames=frames, images=out_images, fps=fps)
+        return EmuVideoPipelineOutput(frames=frames, images=first, fps=fps)
 
 
 def known_frame_images(batch: int, num_frames: int, image, last_image=None, keyframes: dict | None = None) -> dict:
@@ -214,7 +237,7 @@ def known_frame_images(batch: int, num_frames: int, image, last_image=None, keyf
             raise ValueError(f"got {len(images)} {what} for {batch} prompts; pass one per prompt")
         return images
 
-    known = {0: per_prompt("images", image)}
+    known = {} if image is None else {0: per_prompt("images", image)}
     extra = dict(keyframes or {})
     if last_image is not None:
         if num_frames < 2:

@@ -19,19 +19,22 @@ from einops import rearrange
 
 from ..models.conditioning import keyframe_indices, known_frames_conditioning
 from ..models.video_unet import EmuVideoUNet
+from ..preprocessing import to_rgb
 from .common import (
+    INTERPOLATION_STEPS,
+    VaeSlicingMixin,
     check_finite,
     check_output_type,
     check_scale,
     decode_frames,
     encode_frames,
     encode_prompt,
-    frames_to_output,
     pin_known_frames,
-    step_kwargs,
+    postprocess,
     vae_scale_factor,
 )
 from .image_to_video import EmuVideoPipelineOutput
+from .sampling import check_callback, denoise
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def window_starts(num_keyframes: int, keys_per_window: int) -> list[int]:
     return starts
 
 
-class EmuInterpolationPipeline(DiffusionPipeline):
+class EmuInterpolationPipeline(DiffusionPipeline, VaeSlicingMixin):
     r"""Multiply a clip's frame rate by `factor`: `(K-1)·factor + 1` frames from K, the K key frames kept.
 
     Components: `vae`, `text_encoder`, `tokenizer`, `unet` (the interpolation `EmuVideoUNet`), `scheduler`.
@@ -57,6 +60,7 @@ class EmuInterpolationPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->unet->vae"
+    _callback_tensor_inputs = ["latents"]
 
     # Copied from emuvideo.pipelines.image_to_video.EmuImageToVideoPipeline.__init__ (components), with its own config
     def __init__(
@@ -82,31 +86,40 @@ class EmuInterpolationPipeline(DiffusionPipeline):
     @torch.no_grad()
     def __call__(
         self,
-        video: np.ndarray | torch.Tensor | list,
+        video: np.ndarray | torch.Tensor | list | None,
         prompt: str | list[str] = "",
         factor: int = 2,
-        num_inference_steps: int = 25,
+        num_inference_steps: int = INTERPOLATION_STEPS,
         guidance_text: float = 1.0,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | list[torch.Generator] | None = None,
         latents: torch.Tensor | None = None,
         fps: int | None = None,
         output_type: str = "np",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+        video_latents: torch.Tensor | None = None,
     ) -> EmuVideoPipelineOutput | tuple:
         r"""
         Args:
-            video: the key frames: uint8 `(T, H, W, 3)` or `(B, T, H, W, 3)`, a list of T `PIL.Image`s, or
-                `(B, 3, T, H, W)` in [-1, 1]; H = W = the model's size.
+            video: the key frames, as the video pipelines give them (diffusers' conventions): `(T, H, W, 3)` or
+                `(B, T, H, W, 3)` arrays, uint8 or float in [0, 1]; `(T, 3, H, W)` or `(B, T, 3, H, W)` tensors in
+                [0, 1]; a list of T `PIL.Image`s or B such lists. H = W = the model's size.
             prompt: what the clip shows (one per video; "" works too: the model trained with dropped text).
             factor: frame-rate multiplier, one of `config.factors`.
             num_inference_steps: sampler steps.
             guidance_text: classifier-free guidance on the prompt (1.0: none, one U-Net pass per step).
             generator: for reproducible noise (or a list, one per video).
             latents: `(W·B, C, window_frames, h, w)` starting noise for the W windows (window-major), instead
-                of `generator`.
+                of `generator`; the key frames' augmentation and re-noising use it too, so that the call no
+                longer depends on `generator`.
             fps: the key frames' rate; the output's is `fps * factor` (returned in `fps`).
             output_type: "np", "pil", "pt" or "latent" (latents are per window, not joined).
             return_dict: False returns `(frames,)`.
+            callback_on_step_end: `f(pipe, step, t, {"latents": ...}) -> dict` after every step, as in diffusers.
+            callback_on_step_end_tensor_inputs: the tensors it gets (of `_callback_tensor_inputs`).
+            video_latents: instead of `video`, the key frames as latents `(B, C, T, h, w)` (an image-to-video
+                call's `output_type="latent"`), decoded here: the pixels that call would have given, exactly.
         Returns:
             frames of `(T-1)·factor + 1` frames; frame `i·factor` is key frame `i`, exactly as given.
         """
@@ -117,7 +130,10 @@ class EmuInterpolationPipeline(DiffusionPipeline):
             raise ValueError(f"factor must be one of {self.config.factors} (those the model was trained for), got {factor!r}")
         if num_inference_steps < 1:
             raise ValueError(f"num_inference_steps must be >= 1, got {num_inference_steps}")
-        keys = self._key_pixels(video)  # (B, 3, T, H, W) in [-1, 1]
+        tensor_inputs = check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        if (video is None) == (video_latents is None):
+            raise ValueError("pass exactly one of video and video_latents, got " + ("both" if video is not None else "neither"))
+        keys = self._key_pixels(video) if video_latents is None else self._key_pixels(video_latents, decode=True)
         b, _, t, height, width = keys.shape
         if t < 2:
             raise ValueError(f"a clip to interpolate needs at least 2 frames, got {t}")
@@ -145,7 +161,10 @@ class EmuInterpolationPipeline(DiffusionPipeline):
             generator = generator * len(starts)
         # the key frames noise-augmented to a fixed level (paper: t = 100 at inference, U[0, 250] in training)
         t_aug = torch.full((clean.shape[0],), self.config.noise_aug_t, device=device, dtype=torch.long)
-        aug_noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype)
+        if latents is not None and latents.shape != clean.shape:
+            raise ValueError(f"latents must have shape {tuple(clean.shape)}, got {tuple(latents.shape)}")
+        draw = latents is None
+        aug_noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype) if draw else latents.to(clean)
         conditioning = self.scheduler.add_noise(clean, aug_noise, t_aug) * mask
 
         # 3. encode prompts (one per window)
@@ -159,28 +178,26 @@ class EmuInterpolationPipeline(DiffusionPipeline):
         # 4. timesteps and starting noise
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         timesteps = self.scheduler.timesteps
-        if latents is None:
+        if draw:
             latents = randn_tensor(clean.shape, generator=generator, device=device, dtype=dtype)
-        elif latents.shape != clean.shape:
-            raise ValueError(f"latents must have shape {tuple(clean.shape)}, got {tuple(latents.shape)}")
-        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
         pin = mask.to(dtype).expand_as(latents)
-        pin_noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=dtype)
+        pin_noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=dtype) if draw else latents.to(device, dtype)
+        latents = latents.to(device, dtype) * self.scheduler.init_noise_sigma
 
-        # 5. denoise. Copied from EmuImageToVideoPipeline.__call__ step 5, with one or two guidance terms instead of three
-        for i, step_t in enumerate(self.progress_bar(timesteps)):
-            x = self.scheduler.scale_model_input(torch.cat([latents] * (2 if guided else 1)), step_t)
-            out = self.unet(x, step_t, text_in, conditioning=cond_in, conditioning_mask=mask_in).sample
-            if guided:
-                uncond, cond = out.chunk(2)
-                out = uncond + guidance_text * (cond - uncond)
-            latents = self.scheduler.step(out, step_t, latents, **step_kwargs(self.scheduler, generator)).prev_sample
-            latents = pin_known_frames(self.scheduler, latents, clean, pin, pin_noise, timesteps, i)  # the key frames
+        def put_back_key_frames(latents, i):
+            return pin_known_frames(self.scheduler, latents, clean, pin, pin_noise, timesteps, i)
+
+        # 5. denoise
+        latents = denoise(self, self.unet, latents, timesteps, (guidance_text,) if guided else (), text_in, generator,
+                          after_step=put_back_key_frames, callback_on_step_end=callback_on_step_end,
+                          callback_on_step_end_tensor_inputs=tensor_inputs,
+                          conditioning=cond_in, conditioning_mask=mask_in)
 
         # 6. decode, join the windows (overlap trimmed), put the key frames back exactly as given
         check_finite(latents, "the interpolated latents")
         out_fps = (fps or 0) * factor or None
         if output_type == "latent":
+            self.maybe_free_model_hooks()
             return (latents,) if not return_dict else EmuVideoPipelineOutput(frames=latents, fps=out_fps)
         decoded = rearrange(decode_frames(self.vae, latents), "(w b) c t h1 w1 -> w b c t h1 w1", b=b)
         total = (t - 1) * factor + 1
@@ -193,23 +210,33 @@ class EmuInterpolationPipeline(DiffusionPipeline):
             frames[:, :, span[new]] = window[:, :, new.nonzero().flatten()].to(frames)
             filled[span] = True
         frames[:, :, ::factor] = keys  # key frames kept
-        frames = frames_to_output(frames, output_type)
+        frames = postprocess(frames, output_type)
+        self.maybe_free_model_hooks()
         if not return_dict:
             return (frames,)
         return EmuVideoPipelineOutput(frames=frames, fps=out_fps)
 
-    def _key_pixels(self, video) -> torch.Tensor:
-        """The key frames as `(B, 3, T, H, W)` in [-1, 1], checked against the model's size."""
-        if isinstance(video, list):
-            video = np.stack([np.asarray(f.convert("RGB") if isinstance(f, PIL.Image.Image) else f) for f in video])
+    def _key_pixels(self, video, decode: bool = False) -> torch.Tensor:
+        """The key frames as `(B, 3, T, H, W)` in [-1, 1] (from `video`, or decoded from latents when `decode`),
+        checked against the model's size."""
+        if decode:
+            video = decode_frames(self.vae, video)
+        elif isinstance(video, list):
+            videos = video if video and isinstance(video[0], list) else [video]
+            video = np.stack([[np.asarray(to_rgb(f) if isinstance(f, PIL.Image.Image) else f) for f in v] for v in videos])
         if isinstance(video, np.ndarray):
-            if video.dtype != np.uint8 or video.ndim not in (4, 5) or video.shape[-1] != 3:
-                raise ValueError(f"video must be uint8 (T, H, W, 3) or (B, T, H, W, 3), got {video.dtype} {video.shape}")
-            x = torch.from_numpy(np.ascontiguousarray(video if video.ndim == 5 else video[None])).float() / 127.5 - 1
+            if video.dtype not in (np.uint8, np.float32, np.float64) or video.ndim not in (4, 5) or video.shape[-1] != 3:
+                raise ValueError(f"video must be uint8 or float (T, H, W, 3) or (B, T, H, W, 3), got {video.dtype} {video.shape}")
+            x = torch.from_numpy(np.ascontiguousarray(video if video.ndim == 5 else video[None]))
+            x = x.float() / 127.5 - 1 if video.dtype == np.uint8 else x.float() * 2 - 1
             video = rearrange(x, "b t h w c -> b c t h w")
+        elif isinstance(video, torch.Tensor) and not decode:  # diffusers' "pt" video: (B, T, 3, H, W) in [0, 1]
+            if video.ndim not in (4, 5) or video.shape[-3] != 3:
+                raise ValueError(f"video tensor must be (B, T, 3, H, W) or (T, 3, H, W) in [0, 1], got {tuple(video.shape)}")
+            video = rearrange(video if video.ndim == 5 else video[None], "b t c h w -> b c t h w").float() * 2 - 1
         if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
             shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-            raise ValueError(f"video tensor must be (B, 3, T, H, W) in [-1, 1], got {shape}")
+            raise ValueError(f"video must be frames (B, T, H, W, 3) or latents (B, C, T, h, w), got {shape}")
         h, w = video.shape[-2:]
         if (h, w) != (self.size, self.size):
             raise ValueError(f"the interpolation model works on {self.size}x{self.size} clips, got {w}x{h}")

@@ -11,9 +11,8 @@ Before any weight is read, `check_model_folder` refuses a folder that cannot loa
 file: a missing component, a JSON file that does not parse, a missing, truncated or corrupted
 `.safetensors` header, weights only in another variant (fp16: pass `variant="fp16"` / `--variant fp16`).
 
-Importing this module also registers emuvideo's pipelines with diffusers, so that
-`DiffusionPipeline.from_pretrained(folder)` loads a folder `EmuVideoPipeline.save_pretrained` wrote
-(the shipped default, whose text encoder lives in another package, loads through `load_pipeline`).
+`import emuvideo` lets `DiffusionPipeline.from_pretrained(folder)` load any `EmuVideoPipeline` folder too, the
+shipped default included (its null text encoder is filled from the package, by `EmuVideoPipeline` itself).
 """
 
 from __future__ import annotations
@@ -35,12 +34,7 @@ from ..models.presets import build_unet2d, build_vae, get_preset
 from ..models.text_encoder import load_minilm
 from ..models.video_unet import EmuVideoUNet
 from ..schedules import make_sample_scheduler, make_sampler
-from .common import register_with_diffusers
-from .image_to_video import EmuImageToVideoPipeline
-from .text_to_image import EmuTextToImagePipeline
 from .text_to_video import EmuVideoPipeline
-
-register_with_diffusers(EmuVideoPipeline, EmuTextToImagePipeline, EmuImageToVideoPipeline)
 
 logger = logging.getLogger(__name__)
 
@@ -253,9 +247,7 @@ def check_no_pickle(path: str | Path, allow_pickle: bool = False) -> None:
 
 def _load_emu_folder(path: Path, variant: str | None = None) -> EmuVideoPipeline:
     kwargs = {"variant": variant} if variant else {}
-    if not (path / "text_encoder").is_dir():  # the default ships without its (separately packaged) encoder
-        kwargs["tokenizer"], kwargs["text_encoder"] = load_minilm()
-    with _no_progress_bars():
+    with _no_progress_bars():  # a null text encoder (the default's) is the packaged MiniLM: see EmuVideoPipeline
         pipe = EmuVideoPipeline.from_pretrained(str(path), **kwargs)
     pipe.text_encoder.requires_grad_(False)
     return pipe

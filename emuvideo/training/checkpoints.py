@@ -17,6 +17,8 @@ import shutil
 import zipfile
 from pathlib import Path
 
+from ..utils.files import plain_permissions
+
 logger = logging.getLogger(__name__)
 
 
@@ -73,6 +75,22 @@ def checkpoint_problem(path: Path) -> str | None:
     return None
 
 
+RNG_STATE_KEYS = ("random_state", "numpy_random_seed", "torch_manual_seed")  # what accelerate's load_state restores
+
+
+def rng_state_problem(path: Path) -> str | None:
+    """Why the RNG-state file `path` of a checkpoint cannot be restored, or None. accelerate's `load_state` goes on
+    without it on any error, saying so only at INFO level; the resumed run then draws other noise."""
+    from accelerate.utils import load
+
+    try:
+        states = load(path)  # as accelerate reads it: torch.load(weights_only=True) with numpy's RNG types allowed
+    except Exception as err:  # noqa: BLE001 - what accelerate would skip; the caller warns, naming the file
+        return f"{type(err).__name__}: {str(err).strip().splitlines()[0] if str(err).strip() else 'unreadable'}"
+    missing = [k for k in RNG_STATE_KEYS if not isinstance(states, dict) or k not in states]
+    return f"it holds no {missing[0]!r}" if missing else None
+
+
 def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
     """The checkpoint folder to resume from: `resume` itself, or for "latest" the newest one that can be read
     (each damaged one skipped with a warning naming it). None: start from step 0."""
@@ -100,7 +118,9 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
 
 
 def swap_in(tmp: Path, final: Path) -> None:
-    """Rename the complete folder `tmp` to `final`, replacing an older `final` (a rename cannot overwrite)."""
+    """Rename the complete folder `tmp` to `final`, replacing an older `final` (a rename cannot overwrite); its
+    weights readable as its JSON files are (`plain_permissions`: accelerate's and diffusers' safetensors are 0o600)."""
+    plain_permissions(tmp)
     if final.exists():
         old = final.with_name(f".old-{final.name}")
         shutil.rmtree(old, ignore_errors=True)

@@ -119,6 +119,16 @@ class InterpolationConfig:
 
 
 @dataclass
+class AutoencoderConfig:
+    # kind: autoencoder (training/stages/autoencoder.py)
+    kl_weight: float = 1e-6  # weight of the KL term beside pixel MSE + 0.1 L1
+    decoder_only: bool = False  # fine-tune the decoder only (encoder frozen): the latent space stays as it is
+
+    def __post_init__(self) -> None:
+        _at_least("autoencoder.kl_weight", self.kl_weight, 0)
+
+
+@dataclass
 class TrainConfig:
     # what is trained: the autoencoder, the text-to-image U-Net, or the video U-Net
     kind: Literal["autoencoder", "image", "video"] = "video"
@@ -140,8 +150,6 @@ class TrainConfig:
     weight_dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     image_dropout: float = 0.1  # p(drop the image condition) — enables the X(∅) guidance term
     text_dropout: float = 0.1  # p(drop the text) — enables the X(I) guidance term
-    kl_weight: float = 1e-6  # autoencoder
-    decoder_only: bool = False  # autoencoder: fine-tune the decoder only; the latent space stays as it is
     batch_size: int = 16
     gradient_accumulation_steps: int = 1
     max_steps: int = 1000
@@ -168,6 +176,7 @@ class TrainConfig:
     lora: LoraConfig = field(default_factory=LoraConfig)
     known_frames: KnownFramesConfig = field(default_factory=KnownFramesConfig)
     interpolation: InterpolationConfig = field(default_factory=InterpolationConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     # load model folders whose weights are pickle files (.bin, .pt, .ckpt), with torch.load(weights_only=True);
     # off: such a folder is refused, as pickle can run code when it is loaded (`emuvideo train --allow-pickle`)
     allow_pickle: bool = False
@@ -180,4 +189,3 @@ class TrainConfig:
         _at_least("max_minutes", self.max_minutes, 0)
         for key in ("image_dropout", "text_dropout"):
             _probability(key, getattr(self, key))
-        _at_least("kl_weight", self.kl_weight, 0)

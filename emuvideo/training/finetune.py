@@ -2,7 +2,7 @@
 
     emuvideo finetune --data my_clips/ [--config configs/finetune/qlora.yaml] [--model M] [--resume latest]
 
-A fine-tune is a video run (`emuvideo.training.video`, the path the video stages of `emuvideo train` take)
+A fine-tune is a video run (`emuvideo.training.stages.video`, the path the video stages of `emuvideo train` take)
 with a fine-tune's defaults: `init` = the model (default: the shipped one), `data.source: folder` with
 `data.root` = the clips, and `mode: lora` unless the config says otherwise. So the modes (LoRA, QLoRA, full,
 NF4 spatial base), the data seam and its latent cache, checkpoints holding only what trains, samples drawn
@@ -12,18 +12,13 @@ are the same as there.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import replace
 from pathlib import Path
 
-from accelerate import PartialState
-
-from ..config import load_config, parse_overrides
+from ..config import load_config
 from .config import TrainConfig
+from .stages.video import model_objective
 from .trainer import TrainResult
-from .video import model_objective, prepare_unet, set_attention  # noqa: F401  (re-exported for scripts)
-
-logger = logging.getLogger(__name__)
 
 # What makes a TrainConfig a fine-tune when no --config is given; configs/finetune/lora.yaml holds the
 # same (tests/test_finetune.py checks that they agree). Every other value is TrainConfig's default.
@@ -57,19 +52,3 @@ def run_finetune(
                          f"fine-tune with the model's own: --set objective={objective}")
     return run_stage(cfg, resume=resume)
 
-
-def run_finetune_from_cli(args) -> None:
-    overrides = parse_overrides(args.set)
-    if args.output_dir is not None:
-        overrides["output_dir"] = args.output_dir
-    if args.max_steps is not None:
-        overrides["max_steps"] = args.max_steps
-    if getattr(args, "allow_pickle", False):
-        overrides["allow_pickle"] = True
-    cfg = finetune_config(args.config, overrides)
-    if not Path(args.data).is_dir():
-        raise ValueError(f"--data {args.data!r}: no such folder")
-    logging.getLogger("emuvideo").setLevel(logging.INFO)  # the run's plan: clips kept, layers, attention, cache
-    result = run_finetune(cfg, args.data, model=args.model, resume=args.resume)
-    if PartialState().is_main_process:
-        print(f"{result.output_dir / 'final'} (step {result.step}, loss {result.last_loss:.4f})")

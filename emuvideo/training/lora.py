@@ -36,7 +36,8 @@ from torch import nn
 # Loading for inference lives in `emuvideo.loaders`; these names stay importable from here for old imports.
 from ..loaders.lora_pipeline import apply_lora, lora_specs  # noqa: F401
 from ..loaders.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, load_lora, merge_lora_layers  # noqa: F401
-from ..loaders.peft import set_lora_scale  # noqa: F401
+from ..loaders.peft import peft_base_model, set_lora_scale  # noqa: F401
+from ..utils.files import plain_permissions
 from .config import LoraConfig
 
 ADAPTABLE = (nn.Linear, nn.Conv2d, nn.Conv3d)  # bnb Linear4bit is an nn.Linear
@@ -80,7 +81,7 @@ def peft_config(lora: LoraConfig, base_model: str | None = None, train_conv_in: 
         lora_dropout=lora.dropout,
         target_modules=target_regex(lora.layers, lora.target_modules),
         modules_to_save=["conv_in"] if train_conv_in else None,
-        base_model_name_or_path=base_model,
+        base_model_name_or_path=peft_base_model(base_model),  # never a name that sends peft to the Hub
     )
 
 
@@ -101,12 +102,14 @@ def add_lora(
 # ---------------------------------------------------------------------------------------------- files
 @contextlib.contextmanager
 def _atomic_dir(folder: Path):
-    """Yield a temporary folder beside `folder`; on success it replaces `folder` (a reader never sees half)."""
+    """Yield a temporary folder beside `folder`; on success it replaces `folder` (a reader never sees half), its
+    weights readable as its JSON files are (`plain_permissions`)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()  # not mkdtemp: its 0700 mode would stay on the renamed folder
     try:
         yield tmp
+        plain_permissions(tmp)
         if folder.exists():  # a rename cannot overwrite a folder: move the old one aside first
             old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
             os.replace(folder, old)
@@ -171,11 +174,3 @@ def merge_lora(model_dir: str | Path | None, lora: str | Path, out: str | Path, 
     merge_lora_layers(pipe.unet)
     local = Path(model_dir) if Path(model_dir).is_dir() else None
     return save_model_folder(pipe, out, base_dir=local)
-
-
-def merge_lora_cli(args) -> None:
-    if args.lora_command != "merge":
-        raise ValueError(f"unknown lora command {args.lora_command!r}")
-    lora_specs(args.lora, args.lora_scale)  # a folder or a .safetensors file, a finite scale
-    print(merge_lora(args.model, args.lora, args.output, scale=args.lora_scale,
-                     allow_pickle=getattr(args, "allow_pickle", False)))

@@ -7,10 +7,10 @@ with attention on the kernels CUDA would pick. The second step holds the optimiz
 as every step of a run does. The peak is what `torch.cuda.max_memory_allocated` would report for a run
 training from the latent cache (the VAE and text encoder are not on the device during steps).
 
-The whole card needs more than that peak; `card_bytes` adds two stated allowances, not measurements:
-`CUDA_CONTEXT_BYTES` (the CUDA context, cuBLAS/cuDNN handles and workspaces that torch holds outside
-`max_memory_allocated`) and `ALLOCATOR_SLACK` (reserved but unallocated blocks: the caching allocator's
-fragmentation, `memory_reserved` above `max_memory_allocated`).
+The whole card needs more than that peak: `card_bytes` = `reserved_bytes` (what `torch.cuda.max_memory_reserved`
+would report: the peak plus the caching allocator's cached-but-free blocks) + `CUDA_CONTEXT_BYTES` (the CUDA context
+and library handles, outside the allocator). The reserved rule is fitted to six H200 runs (docs/perf/h200_memory.json,
+`fit_card_rule`; docs/memory.md gives the residuals): in-sample, not yet checked on another device.
 """
 
 from __future__ import annotations
@@ -41,8 +41,13 @@ from .config import TrainConfig
 logger = logging.getLogger(__name__)
 
 GiB = 2**30
-CUDA_CONTEXT_BYTES = 600 * 2**20  # allowance: CUDA context + library handles/workspaces outside the allocator's count
-ALLOCATOR_SLACK = 0.10  # allowance: reserved-but-free blocks, as a fraction of the peak
+# The whole-card rule, fitted by `fit_card_rule` to docs/perf/h200_memory.json (tests/test_estimate_memory.py checks
+# that these are its fit): reserved = peak x (1 + FRAGMENTATION) + QUANTIZED_CACHE x the full-precision bytes of the
+# weights NF4 replaced on the device (freed blocks the allocator keeps cached); card = reserved + CUDA_CONTEXT_BYTES.
+FRAGMENTATION = 0.173
+QUANTIZED_CACHE = 0.620
+CUDA_CONTEXT_BYTES = int(0.76 * GiB)  # nvidia-smi's card use minus max_memory_reserved, H200 (three runs alike)
+NEAREST_MISSES = 2  # --budget: the configs just too large for which each change is estimated
 TEXT_TOKENS = 77  # CLIP / OpenCLIP pad every prompt to 77 tokens (the shipped MiniLM to 32)
 
 
@@ -61,15 +66,35 @@ class MemoryEstimate:
     trainable_params: int = 0
     total_params: int = 0
     measured_bytes: int | None = None  # a real CUDA step's `torch.cuda.max_memory_allocated` (device="cuda")
+    quantized_bytes: int = 0  # full-precision bytes of the weights that NF4 replaced (freed on the device)
     seconds: float = 0.0
 
     @property
+    def reserved_bytes(self) -> int:
+        """`torch.cuda.max_memory_reserved` by the fitted rule: the peak plus cached-but-free blocks."""
+        return int(self.peak_bytes * (1 + FRAGMENTATION) + QUANTIZED_CACHE * self.quantized_bytes)
+
+    @property
     def card_bytes(self) -> int:
-        """The whole card's need: the peak plus the stated allowances (CUDA context, allocator slack)."""
-        return int(self.peak_bytes * (1 + ALLOCATOR_SLACK)) + CUDA_CONTEXT_BYTES
+        """The whole card's need (nvidia-smi's figure): reserved plus the CUDA context."""
+        return self.reserved_bytes + CUDA_CONTEXT_BYTES
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "card_bytes": self.card_bytes}
+        return {**self.__dict__, "reserved_bytes": self.reserved_bytes, "card_bytes": self.card_bytes}
+
+
+def fit_card_rule(rows: list[dict]) -> tuple[float, float, int]:
+    """(FRAGMENTATION, QUANTIZED_CACHE, CUDA_CONTEXT_BYTES) fitted to measured runs: least squares, no intercept, of
+    `reserved - peak` on `peak` and `quantized_bytes`; the context is the mean of `card - reserved` where the card
+    was read. Each row: `peak_bytes` and `quantized_bytes` (the estimate), `reserved_bytes`, `card_bytes` or None."""
+    peaks = torch.tensor([float(r["peak_bytes"]) for r in rows], dtype=torch.float64)
+    features = torch.stack([peaks, torch.tensor([float(r["quantized_bytes"]) for r in rows], dtype=torch.float64)], 1)
+    slack = torch.tensor([float(r["reserved_bytes"]) for r in rows], dtype=torch.float64) - peaks
+    fragmentation, cache = torch.linalg.lstsq(features, slack[:, None]).solution[:, 0].tolist()
+    contexts = [r["card_bytes"] - r["reserved_bytes"] for r in rows if r.get("card_bytes") is not None]
+    if not contexts:
+        raise ValueError("fit_card_rule needs at least one row with card_bytes (the card's use as nvidia-smi shows it)")
+    return fragmentation, cache, int(sum(contexts) / len(contexts))
 
 
 # ---------------------------------------------------------------------------------------------- the model
@@ -143,9 +168,9 @@ def measure_step(
     size) and `batch_size`. Gradient accumulation does not change the peak (micro-batches run one by one).
     """
     from ..schedules import make_train_scheduler
-    from .stages import video_training_loss
+    from .losses import video_training_loss
     from .trainer import make_optimizer
-    from .video import WEIGHT_DTYPES, prepare_unet
+    from .stages.video import WEIGHT_DTYPES, prepare_unet
 
     _check_estimable(cfg)
     started = time.perf_counter()
@@ -200,11 +225,13 @@ def measure_step(
             del loss
     breakdown = counter.peak_breakdown
     measured = torch.cuda.max_memory_allocated() if cuda else None
+    quantized = sum(m.weight.quant_state.shape.numel() for m in unet.modules()
+                    if getattr(getattr(m, "weight", None), "quant_state", None) is not None) * dtype.itemsize
     return MemoryEstimate(
         name=name, model=model or preset, frames=frames, size=size, batch=batch, peak_bytes=counter.peak,
         breakdown={k: v for k, v in breakdown.items() if v and k not in (PAGED, HOST)},
         paged_bytes=breakdown.get(PAGED, 0), trainable_params=sum(p.numel() for p in params),
-        measured_bytes=measured,
+        measured_bytes=measured, quantized_bytes=quantized,
         total_params=base_params + sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n), seconds=round(time.perf_counter() - started, 2),
     )
 
@@ -246,18 +273,153 @@ def describe(estimate: MemoryEstimate) -> str:
     lines.append(f"  {'peak (max_memory_allocated)':28} {gib(estimate.peak_bytes)}")
     if estimate.paged_bytes:
         lines.append(f"  {'paged optimizer state':28} {gib(estimate.paged_bytes)}  (unified memory, outside the peak)")
-    lines.append(f"  {'whole card':28} {gib(estimate.card_bytes)}  (+{ALLOCATOR_SLACK:.0%} allocator slack, "
-                 f"+{CUDA_CONTEXT_BYTES / GiB:.2f} GiB CUDA context: stated allowances)")
+    lines.append(f"  {'reserved (memory_reserved)':28} {gib(estimate.reserved_bytes)}  (rule fitted on six H200 runs)")
+    lines.append(f"  {'whole card':28} {gib(estimate.card_bytes)}  (+{CUDA_CONTEXT_BYTES / GiB:.2f} GiB CUDA context; "
+                 "PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True may need less: not measured yet)")
     return "\n".join(lines)
 
 
-def budget_configs(root: Path) -> list[Path]:
-    """The YAMLs of `configs/` that train a video U-Net (fine-tunes and video stages), sorted by path."""
-    import yaml
+def budget_configs(root: Path, preset: str | None = None) -> tuple[list[Path], dict[str, list[Path]]]:
+    """The YAMLs under `root` that train a video U-Net (fine-tunes and video stages), sorted by path, split into
+    those written for `preset` (None: any) and, by their preset, those skipped. A config's model size is its
+    `preset:` key, else TrainConfig's default (the shipped model's size)."""
+    from ..config import read_yaml
 
-    found = []
+    found, skipped = [], {}
     for path in sorted(root.rglob("*.yaml")):
-        data = yaml.safe_load(path.read_text()) or {}
-        if isinstance(data, dict) and "compute_environment" not in data and data.get("kind", "video") == "video":
+        data = read_yaml(path)
+        if "compute_environment" in data or data.get("kind", "video") != "video":
+            continue
+        written_for = data.get("preset", TrainConfig.preset)
+        if preset is None or written_for == preset:
             found.append(path)
-    return found
+        else:
+            skipped.setdefault(written_for, []).append(path)
+    return found, skipped
+
+
+def preset_of_model(model: str) -> str | None:
+    """The preset whose U-Net has the shape of the model folder's (block widths, text width), else None."""
+    from ..models.presets import PRESETS
+
+    config = json.loads((Path(model) / "unet" / "config.json").read_text())
+    config = config.get("unet_config", config)  # an emuvideo folder nests the spatial U-Net's config
+    keys = ("block_out_channels", "cross_attention_dim", "layers_per_block")
+    shape = [list(config.get(k)) if isinstance(config.get(k), (list, tuple)) else config.get(k) for k in keys]
+    for name, preset in PRESETS.items():
+        if shape == [list(v) if isinstance(v, tuple) else v for v in (preset.unet[k] for k in keys)]:
+            return name
+    return None
+
+
+def _changed(cfg: TrainConfig, pairs: list[str]) -> TrainConfig:
+    from ..config import _merge, from_dict, parse_overrides, to_dict
+
+    return from_dict(TrainConfig, _merge(to_dict(cfg), parse_overrides(pairs)))
+
+
+def fitting_changes(cfg: TrainConfig, estimate: MemoryEstimate, budget: int, preset: str | None,
+                    model: str | None) -> list[tuple[str, MemoryEstimate]]:
+    """What to change so that `estimate` (of `cfg`) fits `budget`: each single change that applies — lighter
+    precision or mode, checkpointing, batch 1 with accumulation, half the frames, a smaller size — estimated
+    (not guessed), smallest whole-card need first; when none fits alone, all of them together as a last row."""
+    e = estimate
+    changes: list[tuple[str, list[str], dict]] = []  # (what to type, --set pairs, shape)
+    if cfg.weight_dtype == "fp32":
+        changes.append(("--set weight_dtype=bf16", ["weight_dtype=bf16"], {}))
+    if not cfg.gradient_checkpointing:
+        changes.append(("--set gradient_checkpointing=true", ["gradient_checkpointing=true"], {}))
+    if cfg.mode == "full":
+        if cfg.optim.optimizer == "adamw":
+            changes.append(("--set optim.optimizer=adamw8bit", ["optim.optimizer=adamw8bit"], {}))
+        if cfg.freeze_spatial and cfg.spatial_quantization == "none":
+            changes.append(("--set spatial_quantization=nf4", ["spatial_quantization=nf4"], {}))
+        if not cfg.interpolation.enabled:  # LoRA instead (QLoRA where the base was NF4 already)
+            nf4 = cfg.spatial_quantization == "nf4"
+            pairs = ["mode=lora", "spatial_quantization=none", "spatial_lora=false",
+                     f"lora.quantize_base={str(nf4).lower()}"]
+            changes.append(("--set mode=lora" + " --set lora.quantize_base=true" * nf4, pairs, {}))
+    elif not cfg.lora.quantize_base:
+        changes.append(("--set lora.quantize_base=true (QLoRA)", ["lora.quantize_base=true"], {}))
+    if e.batch > 1:
+        steps = cfg.gradient_accumulation_steps * e.batch  # keeps the batch each optimizer step sees
+        changes.append((f"--batch 1 --set gradient_accumulation_steps={steps}",
+                        [f"gradient_accumulation_steps={steps}"], {"batch": 1}))
+    if e.frames > 1 and not cfg.interpolation.enabled:  # an interpolation window has a fixed length
+        changes.append((f"--frames {e.frames // 2}", [], {"frames": e.frames // 2}))
+    smaller = round(e.size / 2**0.5 / 64) * 64  # about half the pixels: 768 -> 512 -> 384 -> 256
+    if 64 <= smaller < e.size:
+        changes.append((f"--size {smaller}", [], {"size": smaller}))
+
+    def estimate_with(pairs, shape):
+        dims = {"frames": e.frames, "size": e.size, "batch": e.batch, **shape}
+        return measure_step(_changed(cfg, pairs), preset=preset, model=model, name=e.name, **dims)
+
+    rows = sorted(((what, estimate_with(pairs, shape), pairs, shape) for what, pairs, shape in changes),
+                  key=lambda row: row[1].card_bytes)
+    if rows and rows[0][1].card_bytes > budget:  # none fits alone: add changes, most saving first, until it fits
+        whats, pairs, shape = [], [], {}
+        for what, _, more, dims in rows:
+            try:
+                together = estimate_with(pairs + more, {**shape, **dims})
+            except ValueError:  # prepare_unet refuses this change beside the others (e.g. NF4 spatial and LoRA)
+                continue
+            whats, pairs, shape = [*whats, what], pairs + more, {**shape, **dims}
+            if together.card_bytes <= budget:
+                break
+        if len(whats) > 1:
+            rows.append((" ".join(whats), together, pairs, shape))
+    rows = [(what, est) for what, est, _, _ in rows]
+    return rows
+
+
+def card_rule_table(measurements: dict) -> tuple[tuple[float, float, int], list[dict]]:
+    """The whole-card rule against measured runs: each row of `measurements` (docs/perf/h200_memory.json: the
+    run's shape and `--set` pairs; `reserved_gib` and, where read, `card_gib`) estimated again on meta, the rule
+    fitted to them (`fit_card_rule`) and each row's predicted reserved and card beside the measured ones. A row
+    whose card was not read is compared with its reserved + the fitted context ("derived")."""
+    from ..config import parse_overrides
+    from .finetune import finetune_config
+
+    shape = measurements["shape"]
+    rows = []
+    for row in measurements["rows"]:
+        cfg = finetune_config(None, parse_overrides([*row["sets"], *measurements["sets"]]))
+        e = measure_step(cfg, preset=shape["preset"], frames=shape["frames"], size=shape["size"], batch=shape["batch"])
+        card = row.get("card_gib")
+        rows.append({"mode": row["mode"], "peak_bytes": e.peak_bytes, "quantized_bytes": e.quantized_bytes,
+                     "allocated_bytes": int(row["allocated_gib"] * GiB),
+                     "reserved_bytes": int(row["reserved_gib"] * GiB),
+                     "card_bytes": int(card * GiB) if card is not None else None})
+    fragmentation, cache, context = fit_card_rule(rows)
+    for row in rows:
+        row["predicted_reserved_bytes"] = int(row["peak_bytes"] * (1 + fragmentation) + cache * row["quantized_bytes"])
+        row["predicted_card_bytes"] = row["predicted_reserved_bytes"] + context
+        row["card_read"] = row["card_bytes"] is not None
+        row["measured_card_bytes"] = row["card_bytes"] if row["card_read"] else row["reserved_bytes"] + context
+        row["card_error"] = row["predicted_card_bytes"] / row["measured_card_bytes"] - 1
+    return (fragmentation, cache, context), rows
+
+
+def describe_budget(rows: list[tuple[MemoryEstimate, bool]], budget: str, skipped: dict[str, list],
+                    changes: dict[str, list[tuple[str, MemoryEstimate]]]) -> str:
+    """The `--budget` answer: (estimate, fits) rows smallest first, the configs skipped as written for another
+    model size, and for the nearest misses each change estimated (`fitting_changes`)."""
+    gib = lambda b: f"{b / GiB:6.2f} GiB"  # noqa: E731
+    lines = [f"configs that fit {budget} (whole-card need, smallest first):"]
+    lines += [f"  {gib(e.card_bytes)}  {e.name}  ({e.model}, {e.frames}x{e.size}², batch {e.batch})"
+              for e, ok in rows if ok]
+    if not any(ok for _, ok in rows):
+        lines.append("  none")
+    too_big = [e for e, ok in rows if not ok]
+    if too_big:
+        lines.append("too large: " + ", ".join(f"{e.name} ({e.card_bytes / GiB:.1f} GiB)" for e in too_big))
+    for preset, paths in skipped.items():
+        lines.append(f"skipped {len(paths)} config(s) written for another model size (preset: {preset}): "
+                     f"{', '.join(paths)} (estimate one anyway: --config NAME with --preset or --model)")
+    for name, options in changes.items():
+        lines.append(f"to fit {name} into {budget}, each change estimated:")
+        for what, e in options:
+            verdict = "fits" if e.card_bytes <= parse_bytes(budget) else "too large"
+            lines.append(f"  {gib(e.card_bytes)}  {verdict:9}  {what}")
+    return "\n".join(lines)

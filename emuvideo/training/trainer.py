@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
+from accelerate.utils import RNG_STATE_NAME, DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -48,6 +48,7 @@ from ..config import save_config, to_dict
 from ..data.sources import process_state
 from ..utils.files import atomic_path
 from .checkpoints import checkpoint_problem, checkpoints, remove_leftovers, resolve_resume, swap_in  # noqa: F401
+from .checkpoints import rng_state_problem
 from .config import TrainConfig
 
 logger = logging.getLogger(__name__)
@@ -146,8 +147,9 @@ def run_lock(output_dir: str | Path):
     """Hold `output_dir/.lock` while a run writes there: a second run into the folder is refused.
 
     An `fcntl.flock` lock, which the OS releases when its holder exits, however it exits (a run killed with
-    SIGKILL leaves the file, not the lock: a resume goes ahead). Only the main process locks; no-op where
-    `fcntl` does not exist (Windows).
+    SIGKILL leaves the file, not the lock: a resume goes ahead). A run that ends, or is refused, removes the file,
+    and the folder when it made it and left it empty. Only the main process locks; no-op where `fcntl` does not
+    exist (Windows).
     """
     try:
         import fcntl
@@ -164,16 +166,22 @@ def run_lock(output_dir: str | Path):
             if folder in _LOCKS:
                 _LOCKS[folder][1] -= 1
         return
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / ".lock", "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        holder = handle.read().strip() or "unknown"
-        handle.close()
-        raise ValueError(f"output folder {str(output_dir)!r} is in use by another run (pid {holder}); wait for it "
-                         "to end, or choose another output_dir") from None
+    lock = folder / ".lock"
+    while True:
+        handle = open(lock, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise ValueError(f"output folder {str(output_dir)!r} is in use by another run (pid {holder}); wait for "
+                             "it to end, or choose another output_dir") from None
+        if _is_open_file(handle, lock):
+            break
+        handle.close()  # the run before removed this file as it ended, after we opened it: lock the new one
     handle.seek(0)
     handle.truncate()
     handle.write(f"{os.getpid()}\n")
@@ -185,7 +193,20 @@ def run_lock(output_dir: str | Path):
         _LOCKS[folder][1] -= 1
         if _LOCKS[folder][1] == 0:
             del _LOCKS[folder]
+            with contextlib.suppress(FileNotFoundError):
+                lock.unlink()  # while still holding it: another run that opened it re-opens (`_is_open_file`)
             handle.close()  # releases the lock
+            if created:
+                with contextlib.suppress(OSError):  # only if empty: a run refused before it wrote anything
+                    folder.rmdir()
+
+
+def _is_open_file(handle, path: Path) -> bool:
+    """Whether `path` still names the file `handle` has open."""
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(handle.fileno()))
+    except FileNotFoundError:
+        return False
 
 
 class _StopOnCtrlC:
@@ -325,6 +346,11 @@ class Trainer:
         return final
 
     def load_checkpoint(self, path: Path) -> None:
+        rng = Path(path) / f"{RNG_STATE_NAME}_{self.accelerator.process_index}.pkl"
+        problem = rng_state_problem(rng)
+        if problem is not None:  # accelerate goes on without it, silently
+            logger.warning("resuming from %s without its RNG state: %s cannot be read (%s); the random draws (noise, "
+                           "timesteps, dropout) will differ from those of an uninterrupted run", path, rng, problem)
         try:
             self.accelerator.load_state(str(path))  # tensors by safetensors, the rest by torch.load(weights_only=True)
         except pickle.UnpicklingError as err:

@@ -63,3 +63,16 @@ def check_writable_dir(folder: str | Path, what: str = "output folder") -> None:
         raise ValueError(f"{what} {str(folder)!r} cannot be created: {str(existing)!r} is a file")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise ValueError(f"{what} {str(folder)!r} is not writable ({str(existing)!r}: permission denied)")
+
+
+def plain_permissions(path: str | Path) -> None:
+    """Give `path` (a file, or each `.safetensors` file under a folder) the permissions of a plain
+    `open(path, "w")`: 0o666 less the umask. safetensors >= 0.8 writes 0o600 (a private temporary file, renamed)
+    and `shutil.copytree` keeps that: another user, or a container, could not read the weights beside their
+    0o644 JSON."""
+    path = Path(path)
+    mode = 0o666 & ~_umask()
+    files = [path] if path.is_file() else sorted(path.rglob("*.safetensors"))
+    for file in files:
+        if file.is_file() and not file.is_symlink() and file.stat().st_mode & 0o777 != mode:
+            os.chmod(file, mode)

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import PIL.Image
-import PIL.ImageOps
 
+# load_image, to_rgb, array_to_image: re-exported, where callers have always imported them from.
+from ..preprocessing import array_to_image, load_image, probe_video, read_video, to_rgb  # noqa: F401
 from .files import atomic_path, check_writable_dir
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -67,86 +67,9 @@ def _write_gif(path: Path, frames: np.ndarray, fps: int) -> None:
 
 
 def read_frames(path: str | Path) -> tuple[np.ndarray, float]:
-    """All frames `(T, H, W, 3)` uint8 and the average frame rate of a video file (for tests and evaluation)."""
-    import av
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        frames = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(stream)])
-        fps = float(stream.average_rate) if stream.average_rate else 0.0
-    return frames, fps
-
-
-def load_image(path: str | Path) -> PIL.Image.Image:
-    """An 8-bit RGB image from a file, as it looks (see `to_rgb`), or a one-line error naming the path.
-
-    Refused: a missing file, a folder, what is not an image, a truncated image, and a decompression bomb
-    (more pixels than `PIL.Image.MAX_IMAGE_PIXELS`, which Pillow only warns about below twice that).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise ValueError(f"image {str(path)!r} does not exist")
-    if not path.is_file():
-        raise ValueError(f"image {str(path)!r} is not a file")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", PIL.Image.DecompressionBombWarning)
-            with PIL.Image.open(path) as image:
-                image.load()  # decode now: a truncated file fails here, inside this try
-                return to_rgb(image)
-    except (PIL.Image.DecompressionBombError, PIL.Image.DecompressionBombWarning) as err:
-        raise ValueError(f"image {str(path)!r} is refused as a possible decompression bomb: {err}") from None
-    except (PIL.UnidentifiedImageError, OSError, SyntaxError) as err:  # PIL raises SyntaxError for some bad headers
-        raise ValueError(f"image {str(path)!r} cannot be read: {err}") from None
-
-
-def to_rgb(image: PIL.Image.Image) -> PIL.Image.Image:
-    """Any Pillow image -> 8-bit RGB, as a viewer shows it.
-
-    - EXIF orientation is applied (a phone photo taken upright comes out upright);
-    - 16-bit ("I;16*") and 32-bit integer ("I") greys are rescaled from [0, 65535], float ("F") from
-      [0, 1], to [0, 255] (Pillow's own conversion clips them, so a 16-bit mid-grey would turn white);
-    - transparency (RGBA, LA, PA, a palette's or a single colour's tRNS) is composited on white;
-    - palette, CMYK, YCbCr, 1-bit and the rest go through Pillow's `convert("RGB")`.
-    """
-    image = PIL.ImageOps.exif_transpose(image)
-    mode = image.mode
-    if mode.startswith("I") or mode == "F":
-        peak = 1.0 if mode == "F" else 65535.0
-        grey = np.asarray(image, dtype=np.float64) / peak * 255.0
-        image = PIL.Image.fromarray(np.clip(np.nan_to_num(grey), 0, 255).round().astype(np.uint8))
-    elif image.has_transparency_data:
-        rgba = image.convert("RGBA")
-        white = PIL.Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        image = PIL.Image.alpha_composite(white, rgba)
-    try:
-        return image.convert("RGB")
-    except ValueError as err:  # e.g. LAB or HSV without a colour-management profile
-        raise ValueError(f"image mode {mode!r} cannot be converted to RGB: {err}") from None
-
-
-def array_to_image(array: np.ndarray) -> PIL.Image.Image:
-    """An `(H, W)`, `(H, W, 1)`, `(H, W, 3)` or `(H, W, 4)` array -> a Pillow image, by dtype:
-    uint8 as is, uint16 from [0, 65535], bool as black/white, float from [0, 1] (as diffusers' image
-    processor takes numpy images). Anything else is refused with its shape and dtype."""
-    a = np.asarray(array)
-    if a.ndim == 3 and a.shape[-1] == 1:
-        a = a[..., 0]
-    if not (a.ndim == 2 or (a.ndim == 3 and a.shape[-1] in (3, 4))) or 0 in a.shape:
-        raise ValueError(f"image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {a.shape}")
-    if a.dtype == np.bool_:
-        a = a.astype(np.uint8) * 255
-    elif a.dtype == np.uint16:
-        a = (a / 257.0).round().astype(np.uint8)
-    elif np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise ValueError("a float image array must hold finite values in [0, 1], got NaN or inf")
-        if a.min() < 0 or a.max() > 1:
-            raise ValueError(f"a float image array must hold values in [0, 1], got min {a.min()} max {a.max()}")
-        a = (a * 255).round().astype(np.uint8)
-    elif a.dtype != np.uint8:
-        raise ValueError(f"image array must be uint8, uint16, bool or float in [0, 1], got {a.dtype}")
-    return PIL.Image.fromarray(a)
+    """All frames `(T, H, W, 3)` uint8 of a video file, upright (its display rotation applied, as training
+    reads clips: `emuvideo.preprocessing.read_video`), and its average frame rate (FFmpeg's guess when the file does not say it, else 0)."""
+    return read_video(path), probe_video(path).fps
 
 
 def save_image(path: str | Path, image: np.ndarray) -> Path:

