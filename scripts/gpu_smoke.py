@@ -18,7 +18,7 @@ frames asked for. Output lines of each phase: OUT/logs/PHASE.log.
 
     # GPU: the configs' own frames and sizes (stage 1: 8 x 256², stages 2-3: 16 x 512²), a 16 x 512² video
     python scripts/gpu_smoke.py --out runs/gpu_smoke
-    # CPU: the real parameter count, 2 frames at 64² (checks RAM first; docs/scaling.md)
+    # CPU: the real parameter count, 4 frames at 64² (checks RAM first; docs/scaling.md)
     OMP_NUM_THREADS=2 python scripts/gpu_smoke.py --device cpu --tiny --out runs/cpu_smoke
 """
 
@@ -309,7 +309,6 @@ def parse_args(argv=None):
                    "removed once the next stage has run)")
     args = p.parse_args(argv)
     if args.tiny:
-        # 4, not 2: on 2-frame clips the bf16 stage-1 loss turns NaN after one step (tiny preset, CPU; not on 3+)
         args.frames, args.size = args.frames or 4, args.size or 64
     args.stages = [int(s) for s in args.stages.split(",") if s.strip()]
     if not args.stages or any(s not in (1, 2, 3) for s in args.stages):

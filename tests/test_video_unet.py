@@ -1,5 +1,6 @@
 """The inflated video U-Net: starts as the image model, keeps spatial weights, saves and reloads exactly."""
 
+import copy
 import json
 
 import pytest
@@ -9,7 +10,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.transformers.transformer_2d import Transformer2DModel
 
 from emuvideo.models.presets import build_unet2d, build_video_unet
-from emuvideo.models.video_unet import EmuVideoUNet, TemporalConv, TransformerWithTemporalAttention
+from emuvideo.models.video_unet import EmuVideoUNet, TemporalConv, TransformerWithTemporalAttention, _FrameCount
 
 B, C, T, H, W = 2, 4, 3, 8, 8
 TEXT_LEN, TEXT_DIM = 5, 32
@@ -243,3 +244,26 @@ def test_checkpoint_recompute_uses_the_frame_count_of_its_own_forward(unet2d):
     grads = _grads(model)
     for name in reference:
         torch.testing.assert_close(grads[name], reference[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("frames", [2, 3])
+def test_temporal_conv_trains_in_bf16_on_a_cpu(frames):
+    """PyTorch's CPU conv3d gives a non-finite bf16 weight gradient for 2 frames x 64 channels (a bf16 CPU run's
+    loss went NaN after one step); the temporal conv computes the same convolution without it: finite gradients
+    that agree with fp32, and the same output."""
+    torch.manual_seed(0)
+    count = _FrameCount()
+    count.value = frames
+    conv = TemporalConv(64, count)
+    with torch.no_grad():
+        conv.conv.weight.add_(0.05 * torch.randn_like(conv.conv.weight))  # a trained kernel, not the identity
+    x = torch.randn(frames, 64, 4, 4)  # (B*T, C, H, W)
+    reference = copy.deepcopy(conv)
+    reference(x).pow(2).mean().backward()  # fp32: conv3d
+    half = copy.deepcopy(conv).to(torch.bfloat16)
+    out = half(x.to(torch.bfloat16))
+    out.float().pow(2).mean().backward()
+    grad = half.conv.weight.grad.float()
+    assert torch.isfinite(grad).all()
+    assert (grad - reference.conv.weight.grad).abs().max() <= 0.02 * reference.conv.weight.grad.abs().max()
+    torch.testing.assert_close(out.float(), reference(x).detach(), atol=0.05, rtol=0.02)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
@@ -72,7 +73,16 @@ class TemporalConv(nn.Module):
         # (B*T, C, H, W) -> (B, C, T, H, W) -> conv over T -> back
         t = self.frames.value
         x = rearrange(hidden_states, "(b t) c h w -> b c t h w", t=t)
-        x = self.conv(x)
+        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and type(self.conv) is nn.Conv3d:
+            # The same convolution as a (3, 1) conv2d over (T, H*W): PyTorch's CPU conv3d gives a non-finite weight
+            # gradient in bf16 for some shapes (2 frames, 64 channels), which turned a bf16 CPU run's loss NaN
+            # after one step. The weights keep their Conv3d layout; CUDA (and meta, which estimates it) and a conv that
+            # peft wrapped (a LoRA on it) keep conv3d.
+            b, c, _, h, w = x.shape
+            x = F.conv2d(x.reshape(b, c, t, h * w), self.conv.weight.squeeze(-1), self.conv.bias,
+                         padding=self.conv.padding[:2]).reshape(b, c, t, h, w)
+        else:
+            x = self.conv(x)
         return rearrange(x, "b c t h w -> (b t) c h w")
 
 
