@@ -44,21 +44,6 @@ CONFIGS = {  # name -> TrainConfig overrides on the CLI default (LoRA rank 16 on
 TEXT_TOKENS = {"tiny": 77, "default": 32, "sd21": 77}  # CLIP pads to 77; the default's MiniLM to 32
 
 
-def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def _reset_peak_rss() -> bool:
-    try:  # Linux >= 4.0: writing 5 resets the peak resident set size (VmHWM) to the current one
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
 def child(args) -> dict:
     import resource
 
@@ -70,11 +55,12 @@ def child(args) -> dict:
     from emuvideo.training.losses import video_training_loss
     from emuvideo.training.stages.video import prepare_unet
     from emuvideo.training.trainer import make_optimizer
+    from emuvideo.utils.benchmark import reset_peak_rss, rss_mib
 
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    import_rss = _rss_mb("VmRSS")
+    import_rss = rss_mib("VmRSS")
     cfg = finetune_config(None, CONFIGS[args.child])
     preset = get_preset(args.preset)
     torch.manual_seed(0)
@@ -89,7 +75,7 @@ def child(args) -> dict:
     latents = torch.randn(args.batch, preset.unet["in_channels"], args.frames, latent, latent, device=device)
     text = torch.randn(args.batch, TEXT_TOKENS.get(args.preset, 77), preset.unet["cross_attention_dim"], device=device)
     cuda = device.type == "cuda"
-    reset = _reset_peak_rss() if not cuda else True
+    reset = reset_peak_rss() if not cuda else True
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16")
     times = []
     for _ in range(args.warmup + args.steps):
@@ -105,7 +91,7 @@ def child(args) -> dict:
     if cuda:
         peak = torch.cuda.max_memory_allocated() / 2**20
     elif reset:
-        peak = _rss_mb("VmHWM")
+        peak = rss_mib("VmHWM")
     else:  # no VmHWM reset: the whole child's peak (ru_maxrss is in KiB on Linux)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     def mib(tensors) -> float:
@@ -122,14 +108,6 @@ def child(args) -> dict:
         "step_s": round(statistics.median(times[args.warmup :]), 4),
         "final_loss": round(loss.item(), 4),
     }
-
-
-def device_name(device: str, threads: int) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    return f"CPU ({os.cpu_count()} cores, {threads or torch.get_num_threads()} torch threads)"
 
 
 def table(results: list[dict], cuda: bool) -> str:
@@ -199,6 +177,8 @@ def main() -> int:
         print(f"{name}: {results[-1]}", file=sys.stderr, flush=True)
 
     import torch
+
+    from emuvideo.utils.benchmark import device_name
 
     cuda = args.device.startswith("cuda")
     report = {

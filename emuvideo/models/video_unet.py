@@ -170,6 +170,9 @@ class EmuVideoUNet(ModelMixin, ConfigMixin, EmuVideoPeftAdapterMixin):
     """
 
     _supports_gradient_checkpointing = True
+    # diffusers' regional compilation (`compile_repeated_blocks`): each spatial resnet with its temporal conv and
+    # each spatial transformer with its temporal attention is compiled once per distinct shape
+    _repeated_blocks = ("ResnetWithTemporalConv", "TransformerWithTemporalAttention")
 
     @register_to_config
     def __init__(self, unet_config: dict, temporal_head_dim: int = 64, max_frames: int = 64) -> None:

@@ -66,9 +66,13 @@ class OptimConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 100  # constant lr after a linear warm-up (paper §4)
     max_grad_norm: float = 1.0  # 0: no clipping
+    fused: bool = False  # AdamW's fused kernel (torch.optim.AdamW(fused=True)): one kernel for every parameter
 
     def __post_init__(self) -> None:
         _positive("optim.lr", self.lr)
+        if self.fused and self.optimizer != "adamw":
+            raise ValueError(f"optim.fused: true is torch's AdamW kernel; optim.optimizer is {self.optimizer!r} "
+                             "(bitsandbytes' 8-bit AdamW is fused already): set optim.fused: false")
         _at_least("optim.warmup_steps", self.warmup_steps, 0)
         _at_least("optim.weight_decay", self.weight_decay, 0)
         _at_least("optim.max_grad_norm", self.max_grad_norm, 0)
@@ -161,6 +165,11 @@ class TrainConfig:
     # attention kernels (emuvideo.models.attention): auto = xformers on CUDA when installed, else sdpa;
     # math = plain matmul + softmax (the reference); xformers where it cannot run is an error
     attention: Literal["auto", "sdpa", "xformers", "math"] = "sdpa"
+    # speed, not what is computed (issue 18; scripts/bench_train_speed.py measures each against eager):
+    # channels-last memory format for the 2D convolutions (tensor cores read NHWC without a transpose);
+    # regional torch.compile of the U-Net's repeated blocks (diffusers' compile_repeated_blocks)
+    channels_last: bool = False
+    compile: Literal["none", "regional"] = "none"
     checkpoint_every: int = 250  # optimizer steps between checkpoints (>= 1; the last step is always saved)
     keep_last: int = 2
     sample_every: int = 500  # optimizer steps between samples; 0: never

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -190,7 +190,10 @@ def measure_step(
     prepare_unet(unet, cfg, torch_device, base_model=model or preset, fresh=fresh, compute_dtype=dtype)
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
-    optimizer = make_optimizer(params, cfg.optim, foreach=True)
+    # AdamW's fused kernel does not run on meta; it updates in place, with none of foreach's temporaries: the
+    # single-tensor path (one parameter's temporaries at a time) stands in for it
+    fused = cfg.optim.fused
+    optimizer = make_optimizer(params, replace(cfg.optim, fused=False), foreach=not fused)
     scheduler = make_train_scheduler(cfg.objective)
     channels = unet.latent_channels
     text_dim = unet.unet.config.cross_attention_dim

@@ -52,9 +52,11 @@ def forward_flops(cfg, preset: str | None, model: str | None, frames: int, size:
 
 
 def mode_key(cfg) -> tuple:
-    """What decides the speed of a step besides its shape: the training mode, precision and checkpointing."""
+    """What decides the speed of a step besides its shape: the training mode, precision, checkpointing and the
+    speed settings (a compiled or fused step is not projected from an eager measurement)."""
     return (cfg.mode, cfg.freeze_spatial, cfg.spatial_quantization, cfg.spatial_lora, cfg.lora.quantize_base,
-            cfg.optim.optimizer, cfg.weight_dtype, cfg.gradient_checkpointing)
+            cfg.optim.optimizer, cfg.weight_dtype, cfg.gradient_checkpointing, cfg.compile, cfg.channels_last,
+            cfg.optim.fused)
 
 
 @dataclass

@@ -77,6 +77,8 @@ def make_optimizer(params, optim, foreach: bool | None = None) -> torch.optim.Op
         raise ValueError("nothing to train: every parameter is frozen")
     kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
     if optim.optimizer == "adamw":
+        if optim.fused:  # one kernel for all parameters; torch refuses foreach beside it
+            return torch.optim.AdamW(params, **kwargs, fused=True)
         return torch.optim.AdamW(params, **kwargs, foreach=foreach)
     import bitsandbytes as bnb
 

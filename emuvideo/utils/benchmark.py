@@ -1,10 +1,14 @@
-"""Benchmark arithmetic: where a command's start-up goes, from `python -X importtime` (scripts/import_time.py)."""
+"""Benchmark helpers for scripts/: where a command's start-up goes, from `python -X importtime`
+(scripts/import_time.py); a process's peak resident memory and the device's name (bench_finetune.py,
+bench_train_speed.py)."""
 
 from __future__ import annotations
 
+import os
 import re
 import statistics
 from collections import defaultdict
+from pathlib import Path
 
 LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \|( *)(\S+)\s*$")
 
@@ -41,3 +45,33 @@ def summarise(runs: list[tuple[float, dict]]) -> dict:
     total = statistics.median(sum(p["self"] for p in packages.values()) for _, packages in runs)
     return {"wall_s": statistics.median(w for w, _ in runs), "imports_s": total,
             "packages": dict(sorted(rows.items(), key=lambda kv: -kv[1]["self"]))}
+
+
+def rss_mib(field: str = "VmRSS") -> float:
+    """This process's `field` of /proc/self/status (VmRSS: now, VmHWM: the peak) in MiB (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def peak_rss_mib() -> float:
+    return rss_mib("VmHWM")
+
+
+def reset_peak_rss() -> bool:
+    """Reset the peak resident set (VmHWM) to the current one; False where the kernel cannot (Linux < 4.0)."""
+    try:  # writing 5 to clear_refs resets VmHWM
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def device_name(device: str, threads: int = 0) -> str:
+    """`torch.cuda.get_device_name` for a CUDA device; the CPU's cores and torch threads otherwise."""
+    import torch
+
+    if str(device).startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(device))
+    return f"CPU ({os.cpu_count()} cores, {threads or torch.get_num_threads()} torch threads)"

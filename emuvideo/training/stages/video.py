@@ -188,6 +188,19 @@ def prepare_unet(unet, cfg: TrainConfig, device, base_model: str | None = None, 
     logger.info("training %s of %s U-Net parameters (%.2f%%)", f"{trainable:,}", f"{total:,}", 100 * trainable / total)
 
 
+def apply_speed_settings(unet, cfg: TrainConfig) -> None:
+    """How the step runs, not what it computes (scripts/bench_train_speed.py checks equal losses against eager):
+    channels-last 2D convolution weights, and regional `torch.compile` of the repeated blocks (diffusers'
+    `compile_repeated_blocks`, in place: the state dict keeps its keys). Not part of `prepare_unet`:
+    `estimate-memory` counts the eager step."""
+    if cfg.channels_last:
+        for module in unet.modules():
+            if type(module) is torch.nn.Conv2d:  # a peft-wrapped conv keeps its own layout
+                module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
+    if cfg.compile == "regional":
+        unet.compile_repeated_blocks(dynamic=False)  # a shape per block (and frame count): no symbolic shapes
+
+
 def export_unet(trained, base_unet):
     """A full-precision copy of a U-Net trained on a 4-bit (or LoRA-wrapped) frozen spatial base.
 
@@ -308,6 +321,7 @@ class VideoStage(Stage):
         if interpolating:  # paper §3.2: the interpolation model starts as the video model (or goes on training)
             model = pipe.interpolation_unet if pipe.interpolation_unet is not None else copy.deepcopy(pipe.unet)
         prepare_unet(model, cfg, device, base_model=cfg.init or "emuvideo-default", fresh=self.base.fresh)
+        apply_speed_settings(model, cfg)
         self.model = model
         self.frozen_models = (pipe.vae, pipe.text_encoder, pipe.image_unet) + ((pipe.unet,) if interpolating else ())
         for module in self.frozen_models:
