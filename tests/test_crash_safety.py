@@ -104,7 +104,13 @@ class Runs:
         self.proc = subprocess.Popen([sys.executable, str(folder / "server.py")], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True, env=env)
         self.lines: queue.Queue = queue.Queue()
-        threading.Thread(target=lambda: [self.lines.put(line.split()) for line in self.proc.stdout], daemon=True).start()
+
+        def read():  # the server's lines, then ["server ended", rc] (it failed to start, say): no one waits 180 s
+            for line in self.proc.stdout:
+                self.lines.put(line.split())
+            self.lines.put(["server ended", str(self.proc.wait())])
+
+        threading.Thread(target=read, daemon=True).start()
         assert self.lines.get(timeout=180) == ["ready"]
         self.pid, self.code = None, None
 
