@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -64,26 +65,41 @@ def main() -> int:
     if not torch.cuda.is_available():
         parser.error("this check needs a CUDA GPU (the estimate alone: scripts/memory_table.py)")
     rows = []
-    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}")
-    print("| mode | grad ckpt | size | estimate (GiB) | max_memory_allocated (GiB) | estimate / measured |")
-    print("|---|---|---|---:|---:|---:|")
-    for name, _, size, ckpt, cfg in table_rows(args):
+    alloc_conf = os.environ.get("PYTORCH_CUDA_ALLOC_CONF")  # e.g. expandable_segments:True
+    print(f"{torch.cuda.get_device_name()}, torch {torch.__version__}, PYTORCH_CUDA_ALLOC_CONF={alloc_conf}")
+    print("| mode | grad ckpt | size | estimate (GiB) | max_memory_allocated (GiB) | estimate / measured "
+          "| reserved (GiB) | card: rule | card: measured | card error |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for name, sets, size, ckpt, cfg in table_rows(args):
         shape = dict(preset=args.preset, frames=args.frames, size=size, batch=args.batch)
         estimate = measure_step(cfg, device="meta", **shape)
         try:
-            real = measure_step(cfg, device="cuda", **shape).measured_bytes
+            real = measure_step(cfg, device="cuda", **shape)
         except torch.cuda.OutOfMemoryError:
             real = None
         gc.collect()
-        torch.cuda.empty_cache()
-        reserved = torch.cuda.max_memory_reserved() if real else None  # the card rule's input (--card-rule)
-        rows.append({"mode": name, "gradient_checkpointing": ckpt, "size": size,
-                     "estimate_bytes": estimate.peak_bytes, "measured_bytes": real, "reserved_bytes": reserved})
-        measured = f"{real / GiB:.2f}" if real else "out of memory"
-        ratio = f"{estimate.peak_bytes / real:.3f}" if real else "-"
-        print(f"| {name} | {'yes' if ckpt else 'no'} | {args.frames}×{size}² | {estimate.peak_bytes / GiB:.2f} "
-              f"| {measured} | {ratio} |", flush=True)
-    Path(args.out).write_text(json.dumps({"device": torch.cuda.get_device_name(), "rows": rows}, indent=1))
+        torch.cuda.empty_cache()  # the next row starts from an empty cache (the card then holds the context alone)
+        gib = lambda b: None if b is None else round(b / GiB, 3)  # noqa: E731
+        # the format of docs/perf/h200_memory.json: `--card-rule` fits the rule to this file as it is
+        rows.append({"mode": name, "sets": sets, "size": size, "estimate_gib": gib(estimate.peak_bytes),
+                     "estimate_card_gib": gib(estimate.card_bytes),
+                     "allocated_gib": gib(real and real.measured_bytes),
+                     "reserved_gib": gib(real and real.measured_reserved_bytes),
+                     "card_gib": gib(real and real.measured_card_bytes)})
+        if real:
+            print(f"| {name} | {'yes' if ckpt else 'no'} | {args.frames}×{size}² | {estimate.peak_bytes / GiB:.2f} "
+                  f"| {real.measured_bytes / GiB:.2f} | {estimate.peak_bytes / real.measured_bytes:.3f} "
+                  f"| {real.measured_reserved_bytes / GiB:.2f} | {estimate.card_bytes / GiB:.2f} "
+                  f"| {real.measured_card_bytes / GiB:.2f} | {estimate.card_bytes / real.measured_card_bytes - 1:+.1%} |",
+                  flush=True)
+        else:
+            print(f"| {name} | {'yes' if ckpt else 'no'} | {args.frames}×{size}² | {estimate.peak_bytes / GiB:.2f} "
+                  f"| out of memory | - | - | {estimate.card_bytes / GiB:.2f} | - | - |", flush=True)
+    report = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "alloc_conf": alloc_conf,
+              "source": "scripts/check_memory_estimate.py; card = torch.cuda.mem_get_info's used memory after the steps",
+              "shape": {"preset": args.preset, "frames": args.frames, "size": args.sizes[0], "batch": args.batch},
+              "sets": [], "rows": rows}
+    Path(args.out).write_text(json.dumps(report, indent=1))
     return 0
 
 

@@ -196,3 +196,25 @@ def test_seconds_are_projected_only_from_a_measured_row_of_the_same_mode():
     assert project(paper, 2 * table["forward_flops_batch1"], 2, table).row["batch"] == 1  # not the faster batch 4
     lora = project(_cfg("mode=lora", "weight_dtype=bf16"), table["forward_flops_batch1"], 1, table)
     assert lora.seconds is None and "not measured for this mode" in lora.describe()
+
+
+def test_the_card_rule_reads_what_check_memory_estimate_writes():
+    """scripts/check_memory_estimate.py writes its GPU runs in docs/perf/h200_memory.json's format, with a size per
+    row and out-of-memory rows: `--card-rule FILE` fits to it as written. A synthetic file whose runs follow a
+    known rule (reserved = 1.2 x peak + 0.5 x replaced, card = reserved + 0.75 GiB) gives that rule back."""
+    GiB = 2**30
+    shape = {"preset": "tiny", "frames": 4, "size": 32, "batch": 1}
+    rows = []
+    for mode, sets, size in (("full", ["mode=full", "freeze_spatial=false"], 32), ("temporal", ["mode=full"], 64),
+                             ("QLoRA", ["mode=lora", "lora.quantize_base=true"], 32)):
+        e = measure_step(_cfg(*sets, "weight_dtype=bf16"), preset="tiny", frames=4, size=size, batch=1)
+        reserved = 1.2 * e.peak_bytes + 0.5 * e.quantized_bytes
+        rows.append({"mode": mode, "sets": [*sets, "weight_dtype=bf16"], "size": size,
+                     "allocated_gib": e.peak_bytes / GiB, "reserved_gib": reserved / GiB,
+                     "card_gib": (reserved + 0.75 * GiB) / GiB})
+    rows.append({"mode": "too big", "sets": ["mode=full"], "size": 512, "allocated_gib": None,
+                 "reserved_gib": None, "card_gib": None})
+    (fragmentation, cache, context), table = card_rule_table({"shape": shape, "sets": [], "rows": rows})
+    assert [r["mode"] for r in table] == ["full", "temporal", "QLoRA"]  # the out-of-memory row is skipped
+    assert abs(fragmentation - 0.2) < 1e-4 and abs(cache - 0.5) < 1e-4 and abs(context - 0.75 * GiB) <= 2
+    assert all(abs(r["card_error"]) < 1e-4 for r in table)

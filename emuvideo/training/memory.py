@@ -66,6 +66,8 @@ class MemoryEstimate:
     trainable_params: int = 0
     total_params: int = 0
     measured_bytes: int | None = None  # a real CUDA step's `torch.cuda.max_memory_allocated` (device="cuda")
+    measured_reserved_bytes: int | None = None  # ... its `torch.cuda.max_memory_reserved`
+    measured_card_bytes: int | None = None  # ... the device's used memory after the steps (nvidia-smi's figure)
     quantized_bytes: int = 0  # full-precision bytes of the weights that NF4 replaced (freed on the device)
     seconds: float = 0.0
 
@@ -228,13 +230,17 @@ def measure_step(
             del loss
     breakdown = counter.peak_breakdown
     measured = torch.cuda.max_memory_allocated() if cuda else None
+    reserved = torch.cuda.max_memory_reserved() if cuda else None
+    if cuda:  # the whole device, as nvidia-smi counts it: CUDA context, cached blocks, everything in use
+        free, total = torch.cuda.mem_get_info(torch_device)
+    card = total - free if cuda else None
     quantized = sum(m.weight.quant_state.shape.numel() for m in unet.modules()
                     if getattr(getattr(m, "weight", None), "quant_state", None) is not None) * dtype.itemsize
     return MemoryEstimate(
         name=name, model=model or preset, frames=frames, size=size, batch=batch, peak_bytes=counter.peak,
         breakdown={k: v for k, v in breakdown.items() if v and k not in (PAGED, HOST)},
         paged_bytes=breakdown.get(PAGED, 0), trainable_params=sum(p.numel() for p in params),
-        measured_bytes=measured, quantized_bytes=quantized,
+        measured_bytes=measured, measured_reserved_bytes=reserved, measured_card_bytes=card, quantized_bytes=quantized,
         total_params=base_params + sum(p.numel() for n, p in unet.named_parameters() if "lora_" in n), seconds=round(time.perf_counter() - started, 2),
     )
 
@@ -387,8 +393,11 @@ def card_rule_table(measurements: dict) -> tuple[tuple[float, float, int], list[
     shape = measurements["shape"]
     rows = []
     for row in measurements["rows"]:
+        if row.get("allocated_gib") is None:  # out of memory on the device: nothing measured
+            continue
         cfg = finetune_config(None, parse_overrides([*row["sets"], *measurements["sets"]]))
-        e = measure_step(cfg, preset=shape["preset"], frames=shape["frames"], size=shape["size"], batch=shape["batch"])
+        size = row.get("size", shape["size"])  # scripts/check_memory_estimate.py's rows may span sizes
+        e = measure_step(cfg, preset=shape["preset"], frames=shape["frames"], size=size, batch=shape["batch"])
         card = row.get("card_gib")
         rows.append({"mode": row["mode"], "peak_bytes": e.peak_bytes, "quantized_bytes": e.quantized_bytes,
                      "allocated_bytes": int(row["allocated_gib"] * GiB),
