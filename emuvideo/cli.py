@@ -249,7 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 # ---------------------------------------------------------------------------------------------- checks
 # Counts that must be >= 1 (argument dest -> flag), on whichever command has them.
 _COUNTS = {"num_frames": "--num-frames", "num_inference_steps": "--steps", "image_num_inference_steps": "--image-steps",
-           "fps": "--fps", "height": "--height", "width": "--width", "seeds": "--seeds", "batch_size": "--batch-size"}
+           "fps": "--fps", "height": "--height", "width": "--width", "seeds": "--seeds", "batch_size": "--batch-size",
+           "frames": "--frames", "size": "--size", "batch": "--batch", "clips": "--clips"}
 
 
 def _check_values(args) -> None:
@@ -336,6 +337,11 @@ def _sampling_kwargs(args) -> dict:
     return kwargs
 
 
+def _interpolation_steps(args, keyword: str = "num_inference_steps") -> dict:
+    """`--steps` for the interpolation stage when given; else nothing: the pipelines default to INTERPOLATION_STEPS."""
+    return {} if args.num_inference_steps is None else {keyword: args.num_inference_steps}
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -392,7 +398,7 @@ def _import_library(module: str = ".pipelines.loading") -> None:
 def cmd_generate(args) -> None:
     import torch
 
-    from .pipelines.common import INTERPOLATION_STEPS, numpy_to_uint8
+    from .pipelines.common import numpy_to_uint8
     from .utils.video import save_image, write_video
 
     _check_sampling(args)
@@ -407,8 +413,7 @@ def cmd_generate(args) -> None:
             generator = torch.Generator(device).manual_seed(args.seed)
             out = pipe(prompt, generator=generator, interpolate=args.interpolate,
                        image_num_inference_steps=args.image_num_inference_steps,
-                       interpolation_num_inference_steps=args.num_inference_steps or INTERPOLATION_STEPS,
-                       **_sampling_kwargs(args))
+                       **_interpolation_steps(args, "interpolation_num_inference_steps"), **_sampling_kwargs(args))
             write_video(path, numpy_to_uint8(out.frames[0]), out.fps)
             written.append(path)
             print(path)
@@ -424,7 +429,7 @@ def cmd_generate(args) -> None:
 def cmd_animate(args) -> None:
     import torch
 
-    from .pipelines.common import INTERPOLATION_STEPS, numpy_to_uint8
+    from .pipelines.common import numpy_to_uint8
     from .utils.video import check_video_path, load_image, write_video
 
     _check_sampling(args)
@@ -444,9 +449,9 @@ def cmd_animate(args) -> None:
     generator = torch.Generator(device).manual_seed(args.seed)
     out = full.image_to_video(image, args.prompt, generator=generator, last_image=last_image,
                               output_type="latent" if interpolation else "np", **_sampling_kwargs(args))
-    if interpolation:
-        out = interpolation(None, args.prompt, factor=args.interpolate, generator=generator, fps=out.fps,
-                            num_inference_steps=args.num_inference_steps or INTERPOLATION_STEPS, video_latents=out.frames)
+    if interpolation:  # the step `generate --interpolate` takes too
+        out = full.interpolate_latents(out, args.interpolate, prompt=args.prompt, generator=generator,
+                                       **_interpolation_steps(args))
     write_video(output, numpy_to_uint8(out.frames[0]), out.fps)
     print(output)
 
@@ -481,7 +486,7 @@ def _interpolation(pipe, factor: int | None):
 def cmd_interpolate(args) -> None:
     import torch
 
-    from .pipelines.common import INTERPOLATION_STEPS, numpy_to_uint8
+    from .pipelines.common import numpy_to_uint8
     from .utils.video import check_video_path, read_frames, write_video
 
     source = Path(args.video)
@@ -501,8 +506,8 @@ def cmd_interpolate(args) -> None:
     if (h, w) != (pipe.size, pipe.size):
         raise CLIError(f"VIDEO {args.video!r} is {w}x{h}; the interpolation model works on {pipe.size}x{pipe.size} clips")
     generator = torch.Generator(device).manual_seed(args.seed)
-    out = pipe(frames, args.prompt, factor=args.factor, num_inference_steps=args.num_inference_steps or INTERPOLATION_STEPS,
-               generator=generator, fps=round(fps) or 8)
+    out = pipe(frames, args.prompt, factor=args.factor, generator=generator, fps=round(fps) or 8,
+               **_interpolation_steps(args))
     write_video(output, numpy_to_uint8(out.frames[0]), out.fps)
     print(output)
 
@@ -654,10 +659,6 @@ def cmd_estimate_memory(args) -> None:
                                   measure_step, parse_bytes, preset_of_model)
     from .training.throughput import forward_flops, project
 
-    for name in ("frames", "size", "batch"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise CLIError(f"--{name} must be >= 1, got {value}")
     if args.model is not None and not Path(args.model).is_dir():
         raise CLIError(f"--model {args.model!r}: no such model folder")
     overrides = parse_overrides(args.set)

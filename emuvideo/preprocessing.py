@@ -21,12 +21,14 @@ import math
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Iterator, Optional, Sequence
 
 import numpy as np
 import PIL.Image
 import PIL.ImageOps
-import torch
+
+if TYPE_CHECKING:  # torch is imported by `to_pixels` alone: reading and writing videos (utils.video) stays PyAV only
+    import torch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 SAMPLINGS = ("fps", "even", "head")
@@ -102,14 +104,19 @@ def array_to_image(array: np.ndarray) -> PIL.Image.Image:
     elif a.dtype == np.uint16:
         a = (a / 257.0).round().astype(np.uint8)
     elif np.issubdtype(a.dtype, np.floating):
-        if not np.isfinite(a).all():
-            raise ValueError("a float image array must hold finite values in [0, 1], got NaN or inf")
-        if a.min() < 0 or a.max() > 1:
-            raise ValueError(f"a float image array must hold values in [0, 1], got min {a.min()} max {a.max()}")
+        check_unit_floats(a, "a float image array")
         a = (a * 255).round().astype(np.uint8)
     elif a.dtype != np.uint8:
         raise ValueError(f"image array must be uint8, uint16, bool or float in [0, 1], got {a.dtype}")
     return PIL.Image.fromarray(a)
+
+
+def check_unit_floats(a: np.ndarray, what: str) -> None:
+    """Refuse float pixels that are not finite values in [0, 1] (diffusers' numpy images and "np" videos), naming `what`."""
+    if not np.isfinite(a).all():
+        raise ValueError(f"{what} must hold finite values in [0, 1], got NaN or inf")
+    if a.min() < 0 or a.max() > 1:
+        raise ValueError(f"{what} must hold values in [0, 1], got min {a.min()} max {a.max()}")
 
 
 def load_image(path: str | Path) -> PIL.Image.Image:
@@ -308,6 +315,13 @@ def read_video(path: str | Path, num_frames: Optional[int] = None, fps: Optional
     Raises:
         ClipDecodeError: naming the file, when it cannot be decoded or is too short.
     """
+    return read_video_and_rate(path, num_frames, fps, sampling)[0]
+
+
+def read_video_and_rate(path: str | Path, num_frames: Optional[int] = None, fps: Optional[float] = None,
+                        sampling: str = "fps") -> tuple[np.ndarray, Optional[float]]:
+    """`read_video`'s frames, and the clip's average frame rate read from the same open container (as
+    `probe_video(path).fps`: FFmpeg's guess when the file does not say it, else 0); None for an image."""
     path = Path(path)
     if sampling not in SAMPLINGS:
         raise ValueError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
@@ -322,7 +336,7 @@ def read_video(path: str | Path, num_frames: Optional[int] = None, fps: Optional
     try:
         if path.suffix.lower() in IMAGE_EXTENSIONS:
             # An image asked for as T frames is a still clip.
-            return np.repeat(np.asarray(load_image(path))[None], num_frames or 1, axis=0)
+            return np.repeat(np.asarray(load_image(path))[None], num_frames or 1, axis=0), None
         native = probe_video(path).frames if sampling == "even" else None
         with _av().open(str(path)) as container:
             stream = container.streams.video[0]
@@ -338,12 +352,13 @@ def read_video(path: str | Path, num_frames: Optional[int] = None, fps: Optional
             else:
                 how = "(native frames)"
                 frames = _take_head(decoded, num_frames)
+            rate = stream.average_rate or stream.guessed_rate
     except decode_errors() as e:
         raise ClipDecodeError(f"could not decode {path}: {type(e).__name__}: {e}") from e
     if len(frames) < (num_frames or 1):
         raise ClipDecodeError(f"could not decode {path}: asked for {num_frames or 'all'} frames {how}, "
                               f"the clip yields only {len(frames)}")
-    return np.stack(frames)
+    return np.stack(frames), float(rate) if rate else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,5 +410,7 @@ def resize_and_crop(frames: np.ndarray, height: int, width: int, crop: str = "ce
 
 def to_pixels(frames: np.ndarray) -> torch.Tensor:
     """(T, H, W, 3) uint8 frames -> float32 (3, T, H, W) in [-1, 1], the layout of a dataset item."""
+    import torch
+
     # np.array copies: `frames` may be a read-only view of a Pillow image, which torch will not wrap.
     return torch.from_numpy(np.array(frames)).permute(3, 0, 1, 2).float() / 127.5 - 1.0

@@ -47,7 +47,7 @@ import emuvideo.cli as cli
 t1 = time.perf_counter()
 cli._import_library()  # torch, diffusers, transformers and the pipelines, as `main` imports them
 import torch
-from emuvideo.pipelines.common import decode_frames, to_uint8
+from emuvideo.models.encoding import decode_frames, to_uint8
 from emuvideo.pipelines.loading import load_pipeline
 from emuvideo.utils.video import write_video
 t2 = time.perf_counter()

@@ -374,9 +374,13 @@ class ClipDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         record = self.records[index]
         num_frames, height, width = self.buckets[index]
-        frames = read_video(record.path, num_frames, fps=self.fps, sampling=self.sampling)  # (T, H, W, 3)
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.crop == "random" else None
-        frames = resize_and_crop(frames, height, width, crop=self.crop, rng=rng)
+        if record.is_image:  # a still clip: its one frame resized and cropped once (one offset per clip), then repeated
+            frames = np.repeat(resize_and_crop(read_video(record.path, 1), height, width, crop=self.crop, rng=rng),
+                               num_frames, axis=0)
+        else:
+            frames = read_video(record.path, num_frames, fps=self.fps, sampling=self.sampling)  # (T, H, W, 3)
+            frames = resize_and_crop(frames, height, width, crop=self.crop, rng=rng)
         pixel_values = to_pixels(frames)  # (3, T, H, W) in [-1, 1]
         return {"pixel_values": pixel_values, "caption": record.caption, "path": str(record.path)}
 

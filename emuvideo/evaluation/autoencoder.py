@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from ..data.shapes import REFERENCE_FPS, canonical_caption, render_clip, sample_spec
-from ..pipelines.common import decode_frames, encode_frames, to_uint8
+from ..models.encoding import decode_frames, encode_frames, to_uint8
+from ..preprocessing import to_pixels
 from .evaluate import EvalReport, judge_clip
 from .interpolation import psnr
 from .prompt_sets import target_of
@@ -26,7 +27,7 @@ def reconstruct(vae, frames: np.ndarray, chunk: int = 256) -> np.ndarray:
     device = next(vae.parameters()).device
     out = []
     for part in np.array_split(frames, max(1, len(frames) // chunk)):
-        x = torch.from_numpy(part).permute(3, 0, 1, 2)[None].float().to(device) / 127.5 - 1  # (1, 3, N, H, W)
+        x = to_pixels(part)[None].to(device)  # (1, 3, N, H, W) in [-1, 1]
         out.append(to_uint8(decode_frames(vae, encode_frames(vae, x)))[0])
     return np.concatenate(out)
 

@@ -1,5 +1,6 @@
-"""Pieces the pipelines share: input checks, prompt encoding, per-frame VAE coding, image
-preprocessing, and turning decoded frames into the requested `output_type` (diffusers' conventions)."""
+"""Pieces the pipelines share: input checks, prompt embeddings, image preprocessing, and turning decoded frames
+into the requested `output_type` (diffusers' conventions). Per-frame VAE coding and prompt encoding live in
+`emuvideo.models.encoding` (re-exported here)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,16 @@ import PIL.Image
 import torch
 from einops import rearrange
 
-from ..models.encoding import encode_frames, encode_prompt, latent_shift, vae_scale_factor  # noqa: F401
+# the VAE and text-encoder side lives in models.encoding (training, data and evaluation use it too); re-exported here
+from ..models.encoding import (  # noqa: F401
+    NonFiniteOutputError,
+    check_finite,
+    decode_frames,
+    encode_frames,
+    encode_prompt,
+    to_uint8,
+    vae_scale_factor,
+)
 from ..preprocessing import array_to_image, cover_size, resize_and_crop, to_pixels, to_rgb
 
 logger = logging.getLogger(__name__)
@@ -24,10 +34,6 @@ OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 # not on the curve, keeps 25 (INTERPOLATION_STEPS: `generate --interpolate`, `animate --interpolate`, `interpolate`).
 DEFAULT_STEPS = 16
 INTERPOLATION_STEPS = 25
-
-
-class NonFiniteOutputError(ValueError):
-    """The model produced NaN or infinite values (its weights, or a too-large guidance, are broken)."""
 
 
 def step_kwargs(scheduler, generator) -> dict:
@@ -45,16 +51,6 @@ def check_scale(name: str, value: float) -> None:
     """A guidance or LoRA scale: a finite real number (NaN or inf would give an all-black video)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
-
-
-def check_finite(x: torch.Tensor, what: str) -> None:
-    """Raise `NonFiniteOutputError` naming `what` if `x` holds NaN or inf, rather than write black frames."""
-    finite = torch.isfinite(x)
-    if not bool(finite.all()):
-        bad = int((~finite).sum())
-        raise NonFiniteOutputError(
-            f"{what} hold {bad} NaN/inf value(s) of {x.numel()}: the model's weights are broken or a scale is too large"
-        )
 
 
 def warn_untrained_shape(height: int, width: int, trained_size: int, num_frames: int | None = None,
@@ -116,20 +112,22 @@ def register_with_diffusers(*pipeline_classes) -> None:
         setattr(diffusers, cls.__name__, cls)
 
 
-def check_prompts(prompt: str | list[str]) -> list[str]:
+def check_prompts(prompt: str | list[str], allow_empty: bool = False) -> list[str]:
+    """The prompts as a list; each must be non-empty text (`allow_empty`: any text, "" included)."""
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if not prompts:
         raise ValueError("prompt must be a non-empty string or list, got an empty list")
     for p in prompts:
-        if not isinstance(p, str) or not p.strip():
-            raise ValueError(f"prompt must be non-empty text, got {p!r}")
+        if not isinstance(p, str) or not (allow_empty or p.strip()):
+            raise ValueError(f"prompt must be {'' if allow_empty else 'non-empty '}text, got {p!r}")
     return prompts
 
 
 def prompt_embeddings(pipe, prompt, negative_prompt, prompt_embeds, negative_prompt_embeds,
-                      num_per_prompt: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+                      num_per_prompt: int = 1, allow_empty: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """(negative, positive) token states `(B·n, L, D)`: each prompt's `n = num_per_prompt` times in a row (as
-    diffusers), from `prompt`/`negative_prompt` or given as `prompt_embeds`/`negative_prompt_embeds`."""
+    diffusers), from `prompt`/`negative_prompt` or given as `prompt_embeds`/`negative_prompt_embeds`.
+    `allow_empty`: "" is a prompt too (the interpolation model, trained with dropped text)."""
     if (prompt is None) == (prompt_embeds is None):
         raise ValueError("pass exactly one of prompt and prompt_embeds, got "
                          + ("both" if prompt is not None else "neither"))
@@ -139,7 +137,7 @@ def prompt_embeddings(pipe, prompt, negative_prompt, prompt_embeds, negative_pro
         raise ValueError(f"num_videos_per_prompt must be an integer >= 1, got {num_per_prompt!r}")
     device = pipe._execution_device
     if prompt_embeds is None:
-        prompts = check_prompts(prompt)
+        prompts = check_prompts(prompt, allow_empty)
         b = len(prompts)
     else:
         if not isinstance(prompt_embeds, torch.Tensor) or prompt_embeds.ndim != 3:
@@ -156,24 +154,6 @@ def prompt_embeddings(pipe, prompt, negative_prompt, prompt_embeds, negative_pro
                          f"got {tuple(negative.shape)}")
     return (negative.to(device).repeat_interleave(num_per_prompt, dim=0),
             positive.to(device).repeat_interleave(num_per_prompt, dim=0))
-
-
-def decode_frames(vae, latents: torch.Tensor, chunk: int = 32) -> torch.Tensor:
-    """Scaled latents `(B, C, T, h, w)` -> frames `(B, 3, T, H, W)` in [-1, 1], decoded `chunk` frames at a time."""
-    t = latents.shape[2]
-    check_finite(latents, "the sampled latents")  # a NaN here would decode to black frames
-    z = rearrange(latents, "b c t h w -> (b t) c h w").to(vae.dtype)
-    z = z / vae.config.scaling_factor + latent_shift(vae)
-    x = torch.cat([vae.decode(part).sample for part in z.split(chunk)])
-    check_finite(x, "the decoded frames")
-    x = x.clamp(-1, 1)  # the decoder can overshoot
-    return rearrange(x, "(b t) c h w -> b c t h w", t=t)
-
-
-def to_uint8(frames: torch.Tensor) -> np.ndarray:
-    """`(B, 3, T, H, W)` in [-1, 1] -> `(B, T, H, W, 3)` uint8."""
-    x = ((frames.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return rearrange(x, "b c t h w -> b t h w c").cpu().numpy()
 
 
 def preprocess_image(image: PIL.Image.Image | np.ndarray | torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, str]:

@@ -171,13 +171,15 @@ class EmuImageToVideoPipeline(DiffusionPipeline, VaeSlicingMixin):
                 x, note = preprocess_image(im, height, width)
                 logger.info("frame %d: %s", index, note)
                 batch.append(x)
-            pixels[index] = torch.cat(batch).repeat_interleave(num_videos_per_prompt, dim=0)  # (B, 3, H, W)
+            # (B, 3, H, W), one per prompt; contiguous: the VAE sees the layout (hence gives the numbers) it always did
+            pixels[index] = torch.cat(batch).contiguous()
         indices = sorted(pixels)
         scale = vae_scale_factor(self.vae)
         video = torch.zeros(len(positive), self.vae.config.latent_channels, num_frames, height // scale,
                             width // scale, device=device, dtype=self.vae.dtype)
-        if indices:
-            video[:, :, indices] = encode_frames(self.vae, torch.stack([pixels[i] for i in indices], dim=2).to(device))
+        if indices:  # each prompt's images encoded once (the posterior mode: deterministic), then one per video
+            known_latents = encode_frames(self.vae, torch.stack([pixels[i] for i in indices], dim=2).to(device))
+            video[:, :, indices] = known_latents.repeat_interleave(num_videos_per_prompt, dim=0)
         known = torch.zeros(num_frames, dtype=torch.bool, device=device)
         known[indices] = True
         conditioning, mask = known_frames_conditioning(video, known)
@@ -210,7 +212,7 @@ class EmuImageToVideoPipeline(DiffusionPipeline, VaeSlicingMixin):
             return pin_frames(self.scheduler, latents, conditioning, pin, pin_noise, timesteps, i)
 
         # 5. denoise
-        latents = denoise(self, self.unet, latents, timesteps, scales, text_in, generator,
+        latents = denoise(self, latents, timesteps, scales, text_in, generator,
                           after_step=put_back_known_frames if pin_known_frames and indices else None,
                           callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=tensor_inputs,
                           conditioning=cond_in, conditioning_mask=mask_in)
@@ -218,7 +220,7 @@ class EmuImageToVideoPipeline(DiffusionPipeline, VaeSlicingMixin):
         # 6. decode
         check_finite(latents, "the video latents")
         fps = fps or self.config.default_fps
-        first = postprocess(pixels[0], "np") if 0 in pixels else None
+        first = postprocess(pixels[0].repeat_interleave(num_videos_per_prompt, dim=0), "np") if 0 in pixels else None
         frames = latents if output_type == "latent" else postprocess(decode_frames(self.vae, latents), output_type)
         self.maybe_free_model_hooks()
         if not return_dict:

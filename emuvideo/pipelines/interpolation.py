@@ -19,7 +19,7 @@ from einops import rearrange
 
 from ..models.conditioning import keyframe_indices, known_frames_conditioning
 from ..models.video_unet import EmuVideoUNet
-from ..preprocessing import to_rgb
+from ..preprocessing import check_unit_floats, to_pixels, to_rgb
 from .common import (
     INTERPOLATION_STEPS,
     VaeSlicingMixin,
@@ -28,9 +28,9 @@ from .common import (
     check_scale,
     decode_frames,
     encode_frames,
-    encode_prompt,
     pin_known_frames,
     postprocess,
+    prompt_embeddings,
     vae_scale_factor,
 )
 from .image_to_video import EmuVideoPipelineOutput
@@ -87,7 +87,7 @@ class EmuInterpolationPipeline(DiffusionPipeline, VaeSlicingMixin):
     def __call__(
         self,
         video: np.ndarray | torch.Tensor | list | None,
-        prompt: str | list[str] = "",
+        prompt: str | list[str] | None = None,
         factor: int = 2,
         num_inference_steps: int = INTERPOLATION_STEPS,
         guidance_text: float = 1.0,
@@ -99,13 +99,15 @@ class EmuInterpolationPipeline(DiffusionPipeline, VaeSlicingMixin):
         callback_on_step_end=None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
         video_latents: torch.Tensor | None = None,
+        prompt_embeds: torch.Tensor | None = None,
     ) -> EmuVideoPipelineOutput | tuple:
         r"""
         Args:
             video: the key frames, as the video pipelines give them (diffusers' conventions): `(T, H, W, 3)` or
                 `(B, T, H, W, 3)` arrays, uint8 or float in [0, 1]; `(T, 3, H, W)` or `(B, T, 3, H, W)` tensors in
                 [0, 1]; a list of T `PIL.Image`s or B such lists. H = W = the model's size.
-            prompt: what the clip shows (one per video; "" works too: the model trained with dropped text).
+            prompt: what the clip shows (one per video; "" works too: the model trained with dropped text); None:
+                "" for every video, or `prompt_embeds`.
             factor: frame-rate multiplier, one of `config.factors`.
             num_inference_steps: sampler steps.
             guidance_text: classifier-free guidance on the prompt (1.0: none, one U-Net pass per step).
@@ -120,6 +122,8 @@ class EmuInterpolationPipeline(DiffusionPipeline, VaeSlicingMixin):
             callback_on_step_end_tensor_inputs: the tensors it gets (of `_callback_tensor_inputs`).
             video_latents: instead of `video`, the key frames as latents `(B, C, T, h, w)` (an image-to-video
                 call's `output_type="latent"`), decoded here: the pixels that call would have given, exactly.
+            prompt_embeds: instead of `prompt`, text-encoder states `(B, L, D)`, one per video (e.g. those the video
+                stage was sampled with); the unconditional branch (guidance_text != 1) is "" either way.
         Returns:
             frames of `(T-1)·factor + 1` frames; frame `i·factor` is key frame `i`, exactly as given.
         """
@@ -133,13 +137,21 @@ class EmuInterpolationPipeline(DiffusionPipeline, VaeSlicingMixin):
         tensor_inputs = check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         if (video is None) == (video_latents is None):
             raise ValueError("pass exactly one of video and video_latents, got " + ("both" if video is not None else "neither"))
-        keys = self._key_pixels(video) if video_latents is None else self._key_pixels(video_latents, decode=True)
+        if video_latents is None:
+            keys = self._key_pixels(video)
+        else:  # the pixels the image-to-video call would have given
+            keys = _checked_keys(decode_frames(self.vae, video_latents), self.size)
         b, _, t, height, width = keys.shape
         if t < 2:
             raise ValueError(f"a clip to interpolate needs at least 2 frames, got {t}")
-        prompts = [prompt] * b if isinstance(prompt, str) else list(prompt)
-        if len(prompts) != b:
-            raise ValueError(f"got {len(prompts)} prompts for {b} videos; pass one per video")
+        if prompt_embeds is None:
+            prompt = [prompt or ""] * b if prompt is None or isinstance(prompt, str) else list(prompt)
+            if len(prompt) != b:
+                raise ValueError(f"got {len(prompt)} prompts for {b} videos; pass one per video")
+        # (negative, positive) `(B, L, D)`: "" and each video's prompt, encoded in one batch (or the given states)
+        text_uncond, text_cond = prompt_embeddings(self, prompt, None, prompt_embeds, None, allow_empty=True)
+        if len(text_cond) != b:
+            raise ValueError(f"got {len(text_cond)} prompt_embeds for {b} videos; pass one per video")
         device, dtype = self._execution_device, self.unet.dtype
 
         # 2. windows of key frames, zero-interleaved in time, mask 1 at the key frames (paper §3.2)
@@ -167,9 +179,8 @@ class EmuInterpolationPipeline(DiffusionPipeline, VaeSlicingMixin):
         aug_noise = randn_tensor(clean.shape, generator=generator, device=device, dtype=clean.dtype) if draw else latents.to(clean)
         conditioning = self.scheduler.add_noise(clean, aug_noise, t_aug) * mask
 
-        # 3. encode prompts (one per window)
-        text = encode_prompt(self.tokenizer, self.text_encoder, [""] * b + prompts, device).to(dtype)
-        text_uncond, text_cond = (part.repeat(len(starts), 1, 1) for part in text.chunk(2))
+        # 3. the prompts' states, one per window
+        text_uncond, text_cond = (part.to(dtype).repeat(len(starts), 1, 1) for part in (text_uncond, text_cond))
         guided = guidance_text != 1.0
         cond_in = torch.cat([conditioning] * (2 if guided else 1)).to(dtype)
         mask_in = torch.cat([mask] * (2 if guided else 1)).to(dtype)
@@ -188,7 +199,7 @@ class EmuInterpolationPipeline(DiffusionPipeline, VaeSlicingMixin):
             return pin_known_frames(self.scheduler, latents, clean, pin, pin_noise, timesteps, i)
 
         # 5. denoise
-        latents = denoise(self, self.unet, latents, timesteps, (guidance_text,) if guided else (), text_in, generator,
+        latents = denoise(self, latents, timesteps, (guidance_text,) if guided else (), text_in, generator,
                           after_step=put_back_key_frames, callback_on_step_end=callback_on_step_end,
                           callback_on_step_end_tensor_inputs=tensor_inputs,
                           conditioning=cond_in, conditioning_mask=mask_in)
@@ -216,28 +227,35 @@ class EmuInterpolationPipeline(DiffusionPipeline, VaeSlicingMixin):
             return (frames,)
         return EmuVideoPipelineOutput(frames=frames, fps=out_fps)
 
-    def _key_pixels(self, video, decode: bool = False) -> torch.Tensor:
-        """The key frames as `(B, 3, T, H, W)` in [-1, 1] (from `video`, or decoded from latents when `decode`),
-        checked against the model's size."""
-        if decode:
-            video = decode_frames(self.vae, video)
-        elif isinstance(video, list):
+    def _key_pixels(self, video) -> torch.Tensor:
+        """The key frames given as `video` (see `__call__`) as `(B, 3, T, H, W)` in [-1, 1], checked against the
+        model's size; converted as `emuvideo.preprocessing` converts images and clips."""
+        if isinstance(video, list):
             videos = video if video and isinstance(video[0], list) else [video]
             video = np.stack([[np.asarray(to_rgb(f) if isinstance(f, PIL.Image.Image) else f) for f in v] for v in videos])
         if isinstance(video, np.ndarray):
             if video.dtype not in (np.uint8, np.float32, np.float64) or video.ndim not in (4, 5) or video.shape[-1] != 3:
                 raise ValueError(f"video must be uint8 or float (T, H, W, 3) or (B, T, H, W, 3), got {video.dtype} {video.shape}")
-            x = torch.from_numpy(np.ascontiguousarray(video if video.ndim == 5 else video[None]))
-            x = x.float() / 127.5 - 1 if video.dtype == np.uint8 else x.float() * 2 - 1
-            video = rearrange(x, "b t h w c -> b c t h w")
-        elif isinstance(video, torch.Tensor) and not decode:  # diffusers' "pt" video: (B, T, 3, H, W) in [0, 1]
+            videos = video if video.ndim == 5 else video[None]
+            if video.dtype == np.uint8:  # as a dataset item; all frames at once: a view of (B, T, H, W, 3) memory
+                frames = to_pixels(videos.reshape(-1, *videos.shape[2:]))  # (3, B·T, H, W)
+                video = rearrange(frames, "c (b t) h w -> b c t h w", b=len(videos))
+            else:  # diffusers' "np" video: float in [0, 1], refused otherwise as `array_to_image` refuses an image
+                check_unit_floats(videos, "a float video array")
+                video = rearrange(torch.from_numpy(np.ascontiguousarray(videos)).float() * 2 - 1, "b t h w c -> b c t h w")
+        elif isinstance(video, torch.Tensor):  # diffusers' "pt" video: (B, T, 3, H, W) in [0, 1]
             if video.ndim not in (4, 5) or video.shape[-3] != 3:
                 raise ValueError(f"video tensor must be (B, T, 3, H, W) or (T, 3, H, W) in [0, 1], got {tuple(video.shape)}")
             video = rearrange(video if video.ndim == 5 else video[None], "b t c h w -> b c t h w").float() * 2 - 1
-        if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
-            shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
-            raise ValueError(f"video must be frames (B, T, H, W, 3) or latents (B, C, T, h, w), got {shape}")
-        h, w = video.shape[-2:]
-        if (h, w) != (self.size, self.size):
-            raise ValueError(f"the interpolation model works on {self.size}x{self.size} clips, got {w}x{h}")
-        return video.float().clamp(-1, 1)
+        return _checked_keys(video, self.size)
+
+
+def _checked_keys(video, size: int) -> torch.Tensor:
+    """Key frames `(B, 3, T, H, W)` in [-1, 1] as float32, refused unless `size` x `size`."""
+    if not isinstance(video, torch.Tensor) or video.ndim != 5 or video.shape[1] != 3:
+        shape = tuple(video.shape) if isinstance(video, torch.Tensor) else type(video).__name__
+        raise ValueError(f"video must be frames (B, T, H, W, 3) or latents (B, C, T, h, w), got {shape}")
+    h, w = video.shape[-2:]
+    if (h, w) != (size, size):
+        raise ValueError(f"the interpolation model works on {size}x{size} clips, got {w}x{h}")
+    return video.float().clamp(-1, 1)

@@ -43,7 +43,6 @@ def check_callback(callback, tensor_inputs: list[str] | None, allowed: list[str]
 
 def denoise(
     pipe,
-    unet,
     latents: torch.Tensor,
     timesteps: torch.Tensor,
     scales: tuple[float, ...],
@@ -54,14 +53,14 @@ def denoise(
     callback_on_step_end_tensor_inputs: list[str] = ("latents",),
     **conditions,
 ) -> torch.Tensor:
-    """Run `pipe.scheduler` over `timesteps` from `latents`; returns the final latents.
+    """Run `pipe.scheduler` with `pipe.unet` over `timesteps` from `latents`; returns the final latents.
 
-    Each step: `unet(x, t, text, **conditions).sample` on the latents repeated `len(scales) + 1` times (the
+    Each step: `pipe.unet(x, t, text, **conditions).sample` on the latents repeated `len(scales) + 1` times (the
     guidance terms in one batch; `text` and `conditions` hold each term's conditions, batched the same way), combined by `guide`,
     one scheduler step; then `after_step(latents, i)` (e.g. putting known frames back), then
     `callback_on_step_end(pipe, i, t, {"latents": latents})` as in diffusers: a "latents" it returns replaces them.
     """
-    scheduler, n = pipe.scheduler, len(scales) + 1
+    scheduler, unet, n = pipe.scheduler, pipe.unet, len(scales) + 1
     for i, t in enumerate(pipe.progress_bar(timesteps)):
         x = scheduler.scale_model_input(torch.cat([latents] * n), t)
         terms = unet(x, t, text, **conditions).sample.chunk(n)

@@ -119,7 +119,7 @@ class EmuTextToImagePipeline(DiffusionPipeline, VaeSlicingMixin):
         latents = latents.to(device, self.unet.dtype) * self.scheduler.init_noise_sigma
 
         # 4. denoise
-        latents = denoise(self, self.unet, latents, self.scheduler.timesteps, (guidance_scale,), text, generator,
+        latents = denoise(self, latents, self.scheduler.timesteps, (guidance_scale,), text, generator,
                           callback_on_step_end=callback_on_step_end, callback_on_step_end_tensor_inputs=tensor_inputs)
 
         # 5. decode

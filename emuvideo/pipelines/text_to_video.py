@@ -153,6 +153,28 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin, VaeSlicingMix
         pipe.set_progress_bar_config(**getattr(self, "_progress_bar_config", {}))
         return pipe
 
+    def interpolate_latents(
+        self,
+        video: EmuVideoPipelineOutput,
+        factor: int,
+        prompt: str | list[str] | None = None,
+        prompt_embeds: torch.Tensor | None = None,
+        num_inference_steps: int = INTERPOLATION_STEPS,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        output_type: str = "np",
+    ) -> EmuVideoPipelineOutput:
+        """Multiply the frame rate of a video stage's `output_type="latent"` output by `factor` with the interpolation
+        model (paper §3.2; `__call__(interpolate=...)` and `emuvideo animate --interpolate`).
+
+        The key frames are the pixels that call would have given (its latents decoded); the text is `prompt` (one per
+        video, or one for all; None: "") or the `prompt_embeds` the video stage was sampled with. Returns the frames
+        (`(T-1)·factor + 1`, in `output_type`) at `video.fps * factor`, with `video`'s first-frame images.
+        """
+        frames = self.interpolation(None, prompt, factor=factor, num_inference_steps=num_inference_steps,
+                                    generator=generator, fps=video.fps, output_type=output_type,
+                                    video_latents=video.frames, prompt_embeds=prompt_embeds)
+        return EmuVideoPipelineOutput(frames=frames.frames, images=video.images, fps=frames.fps)
+
     @torch.no_grad()
     def __call__(
         self,
@@ -209,7 +231,8 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin, VaeSlicingMix
         """
         # 1. check inputs
         check_output_type(output_type)
-        check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
+        # checked now, before the image stage; the video stage is handed the tensor names it resolved
+        tensor_inputs = check_callback(callback_on_step_end, callback_on_step_end_tensor_inputs, self._callback_tensor_inputs)
         if interpolate is not None:
             interpolation = self.interpolation  # fails now, not after sampling, if the model has none
             if interpolate not in interpolation.config.factors:
@@ -246,16 +269,12 @@ class EmuVideoPipeline(DiffusionPipeline, EmuVideoLoraLoaderMixin, VaeSlicingMix
             pin_known_frames=pin_known_frames,
             output_type="latent" if interpolate else output_type,
             callback_on_step_end=callback_on_step_end,
-            callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs,
+            callback_on_step_end_tensor_inputs=tensor_inputs,
             **text,
         )
-        if interpolate:  # 4. raise the frame rate (paper §3.2), from the video stage's decoded frames
-            # the interpolation model takes texts only: "" (it trained with dropped text) when given embeddings
-            texts = [""] if prompt is None else [prompt] if isinstance(prompt, str) else prompt
-            frames = interpolation(
-                None, [t for t in texts for _ in range(len(images) // len(texts))], factor=interpolate, num_inference_steps=interpolation_num_inference_steps,
-                generator=generator, fps=video.fps, output_type=output_type, video_latents=video.frames,
-            )
-            video = EmuVideoPipelineOutput(frames=frames.frames, images=video.images, fps=frames.fps)
+        if interpolate:  # 4. raise the frame rate (paper §3.2), with the prompts' states the video stage used
+            video = self.interpolate_latents(video, interpolate, prompt_embeds=positive, generator=generator,
+                                             num_inference_steps=interpolation_num_inference_steps,
+                                             output_type=output_type)
         self.maybe_free_model_hooks()
         return video if return_dict else (video.frames,)

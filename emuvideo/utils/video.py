@@ -8,7 +8,14 @@ import numpy as np
 import PIL.Image
 
 # load_image, to_rgb, array_to_image: re-exported, where callers have always imported them from.
-from ..preprocessing import array_to_image, load_image, probe_video, read_video, to_rgb  # noqa: F401
+from ..preprocessing import (  # noqa: F401
+    array_to_image,
+    load_image,
+    probe_video,
+    read_video,
+    read_video_and_rate,
+    to_rgb,
+)
 from .files import atomic_path, check_writable_dir
 
 VIDEO_SUFFIXES = (".mp4", ".gif")
@@ -69,7 +76,8 @@ def _write_gif(path: Path, frames: np.ndarray, fps: int) -> None:
 def read_frames(path: str | Path) -> tuple[np.ndarray, float]:
     """All frames `(T, H, W, 3)` uint8 of a video file, upright (its display rotation applied, as training
     reads clips: `emuvideo.preprocessing.read_video`), and its average frame rate (FFmpeg's guess when the file does not say it, else 0)."""
-    return read_video(path), probe_video(path).fps
+    frames, fps = read_video_and_rate(path)  # one open: the rate is the decoding container's
+    return frames, probe_video(path).fps if fps is None else fps  # an image: FFmpeg's rate for it, as before
 
 
 def save_image(path: str | Path, image: np.ndarray) -> Path:

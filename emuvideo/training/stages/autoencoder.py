@@ -15,8 +15,8 @@ from diffusers import AutoencoderKL
 
 from ...data.shapes import FRAME_SIZE
 from ...data.sources import InMemory, training_clips
+from ...models.encoding import to_uint8
 from ...models.presets import build_vae
-from ...pipelines.common import to_uint8
 from ..losses import AutoencoderLoss
 from .base import Stage, model_device
 

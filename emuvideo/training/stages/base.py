@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ...models.encoding import encode_prompt
 from ..config import TrainConfig
 
 
@@ -58,8 +59,6 @@ class CaptionEncoder:
 
     @torch.no_grad()
     def __call__(self, captions: list[str], device) -> torch.Tensor:
-        from ...pipelines.common import encode_prompt
-
         missing = sorted({c for c in captions if c not in self.memo})
         if missing:
             if len(self.memo) + len(missing) > self.max_items:

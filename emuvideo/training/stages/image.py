@@ -15,9 +15,10 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from ...data.shapes import FRAME_SIZE
 from ...data.sources import collate, training_data
+from ...models.encoding import encode_frames
 from ...models.presets import build_unet2d
 from ...models.text_encoder import load_minilm
-from ...pipelines.common import encode_frames, numpy_to_uint8
+from ...pipelines.common import numpy_to_uint8
 from ...schedules import make_sample_scheduler, make_train_scheduler
 from ..losses import diffusion_loss, drop_captions
 from .base import CaptionEncoder, Stage, batch_captions

@@ -35,7 +35,8 @@ from ...config import load_config
 from ...data.cache import LatentCache
 from ...data.sources import CAPTIONS_PER_STEP, collate, process_state, training_data
 from ...models.attention import set_attention
-from ...pipelines.common import encode_frames, numpy_to_uint8
+from ...models.encoding import encode_frames
+from ...pipelines.common import numpy_to_uint8
 from ...schedules import make_sample_scheduler, make_train_scheduler
 from ..config import TrainConfig
 from ..losses import drop_captions, video_training_loss
@@ -195,7 +196,9 @@ def apply_speed_settings(unet, cfg: TrainConfig) -> None:
     `estimate-memory` counts the eager step."""
     if cfg.channels_last:
         for module in unet.modules():
-            if type(module) is torch.nn.Conv2d:  # a peft-wrapped conv keeps its own layout
+            # exact Conv2d: the U-Net's own, and in a peft LoRA wrapper (not a Conv2d itself) its base_layer and
+            # lora_A/lora_B convs, which modules() yields too: all of them go channels-last
+            if type(module) is torch.nn.Conv2d:
                 module.weight.data = module.weight.data.contiguous(memory_format=torch.channels_last)
     if cfg.compile == "regional":
         unet.compile_repeated_blocks(dynamic=False)  # a shape per block (and frame count): no symbolic shapes
