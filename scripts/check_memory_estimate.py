@@ -60,7 +60,7 @@ def main() -> int:
 
     import torch
 
-    from emuvideo.training.memory import measure_step
+    from emuvideo.training.memory import measure_step, measurement_row
 
     if not torch.cuda.is_available():
         parser.error("this check needs a CUDA GPU (the estimate alone: scripts/memory_table.py)")
@@ -79,13 +79,8 @@ def main() -> int:
             real = None
         gc.collect()
         torch.cuda.empty_cache()  # the next row starts from an empty cache (the card then holds the context alone)
-        gib = lambda b: None if b is None else round(b / GiB, 3)  # noqa: E731
         # the format of docs/perf/h200_memory.json: `--card-rule` fits the rule to this file as it is
-        rows.append({"mode": name, "sets": sets, "size": size, "estimate_gib": gib(estimate.peak_bytes),
-                     "estimate_card_gib": gib(estimate.card_bytes),
-                     "allocated_gib": gib(real and real.measured_bytes),
-                     "reserved_gib": gib(real and real.measured_reserved_bytes),
-                     "card_gib": gib(real and real.measured_card_bytes)})
+        rows.append(measurement_row(name, sets, size, estimate, real))
         if real:
             print(f"| {name} | {'yes' if ckpt else 'no'} | {args.frames}×{size}² | {estimate.peak_bytes / GiB:.2f} "
                   f"| {real.measured_bytes / GiB:.2f} | {estimate.peak_bytes / real.measured_bytes:.3f} "

@@ -4,6 +4,7 @@ tensors, for every training mode; the estimate sees what the modes change; the C
 
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,8 @@ from emuvideo.cli import main
 from emuvideo.config import CONFIGS_DIR, parse_overrides
 from emuvideo.training.finetune import finetune_config
 from emuvideo.training.memory import (CUDA_CONTEXT_BYTES, FRAGMENTATION, QUANTIZED_CACHE, MemoryEstimate,
-                                      card_rule_table, fitting_changes, measure_step, parse_bytes, preset_of_model)
+                                      card_rule_table, fitting_changes, measure_step, measurement_row, parse_bytes,
+                                      preset_of_model)
 from emuvideo.training.throughput import forward_flops, load_throughput, project
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,14 +161,21 @@ def test_the_nearest_miss_gets_each_change_estimated():
 
 # ------------------------------------------------------------------------------------- the whole card (issue 18)
 @pytest.mark.slow
-def test_the_card_rule_reproduces_each_measured_h200_card_within_10_percent():
+def test_the_card_rule_reproduces_each_measured_h200_card_within_6_percent():
+    """docs/memory.md: each card read on the H200 within 6% (-4.4% ... +3.7%). A row whose card was not read has
+    only its reserved to check (its "derived" card is that reserved + the fitted context, so it would check the
+    context against itself): the reserved rule within 7% there (+6.6% at most, NF4 spatial)."""
     measurements = json.loads((ROOT / "docs" / "perf" / "h200_memory.json").read_text())
     fit, rows = card_rule_table(measurements)
     assert (round(fit[0], 3), round(fit[1], 3)) == (FRAGMENTATION, QUANTIZED_CACHE)  # the constants are this fit
     assert abs(fit[2] - CUDA_CONTEXT_BYTES) <= 1
+    assert sum(row["card_read"] for row in rows) == 3 and len(rows) == 6
     for row in rows:  # each card as MemoryEstimate.card_bytes computes it from the estimate alone
         e = MemoryEstimate("", "", 16, 512, 1, peak_bytes=row["peak_bytes"], quantized_bytes=row["quantized_bytes"])
-        assert abs(e.card_bytes / row["measured_card_bytes"] - 1) < 0.10, row["mode"]
+        if row["card_read"]:
+            assert abs(e.card_bytes / row["card_bytes"] - 1) < 0.061, row["mode"]
+        else:
+            assert abs(e.reserved_bytes / row["reserved_bytes"] - 1) < 0.07, row["mode"]
         assert abs(e.peak_bytes / row["allocated_bytes"] - 1) < 0.02, row["mode"]  # the peak estimate, unchanged
 
 
@@ -199,21 +208,25 @@ def test_seconds_are_projected_only_from_a_measured_row_of_the_same_mode():
 
 
 def test_the_card_rule_reads_what_check_memory_estimate_writes():
-    """scripts/check_memory_estimate.py writes its GPU runs in docs/perf/h200_memory.json's format, with a size per
-    row and out-of-memory rows: `--card-rule FILE` fits to it as written. A synthetic file whose runs follow a
-    known rule (reserved = 1.2 x peak + 0.5 x replaced, card = reserved + 0.75 GiB) gives that rule back."""
+    """scripts/check_memory_estimate.py writes its GPU runs in docs/perf/h200_memory.json's format
+    (`measurement_row`), with a size per row and out-of-memory rows: `--card-rule FILE` fits to it as written. A
+    synthetic file whose runs follow a known rule (reserved = 1.2 x peak + 0.5 x replaced, card = reserved + 0.75 GiB)
+    gives that rule back. (The script rounds to 0.001 GiB; the tiny model's peaks are about that, so 12 digits here.)"""
     GiB = 2**30
     shape = {"preset": "tiny", "frames": 4, "size": 32, "batch": 1}
     rows = []
     for mode, sets, size in (("full", ["mode=full", "freeze_spatial=false"], 32), ("temporal", ["mode=full"], 64),
                              ("QLoRA", ["mode=lora", "lora.quantize_base=true"], 32)):
-        e = measure_step(_cfg(*sets, "weight_dtype=bf16"), preset="tiny", frames=4, size=size, batch=1)
-        reserved = 1.2 * e.peak_bytes + 0.5 * e.quantized_bytes
-        rows.append({"mode": mode, "sets": [*sets, "weight_dtype=bf16"], "size": size,
-                     "allocated_gib": e.peak_bytes / GiB, "reserved_gib": reserved / GiB,
-                     "card_gib": (reserved + 0.75 * GiB) / GiB})
-    rows.append({"mode": "too big", "sets": ["mode=full"], "size": 512, "allocated_gib": None,
-                 "reserved_gib": None, "card_gib": None})
+        sets = [*sets, "weight_dtype=bf16"]
+        e = measure_step(_cfg(*sets), preset="tiny", frames=4, size=size, batch=1)
+        reserved = round(1.2 * e.peak_bytes + 0.5 * e.quantized_bytes)
+        measured = replace(e, measured_bytes=e.peak_bytes, measured_reserved_bytes=reserved,  # stands for a CUDA run
+                           measured_card_bytes=reserved + round(0.75 * GiB))
+        rows.append(measurement_row(mode, sets, size, e, measured, digits=12))
+    too_big = measure_step(_cfg("mode=full"), preset="tiny", frames=4, size=512, batch=1)
+    rows.append(measurement_row("too big", ["mode=full"], 512, too_big, None))  # out of memory: nothing measured
+    assert rows[-1]["allocated_gib"] is rows[-1]["reserved_gib"] is rows[-1]["card_gib"] is None
+    assert rows[0]["estimate_gib"] == rows[0]["allocated_gib"] and rows[0]["estimate_card_gib"] > 0
     (fragmentation, cache, context), table = card_rule_table({"shape": shape, "sets": [], "rows": rows})
     assert [r["mode"] for r in table] == ["full", "temporal", "QLoRA"]  # the out-of-memory row is skipped
     assert abs(fragmentation - 0.2) < 1e-4 and abs(cache - 0.5) < 1e-4 and abs(context - 0.75 * GiB) <= 2

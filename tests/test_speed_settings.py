@@ -66,6 +66,16 @@ def test_regional_compile_compiles_every_repeated_block_in_place(monkeypatch):
     assert len(compiled) == expected
 
 
+def test_speed_settings_of_a_stage_that_does_not_apply_them_are_refused():
+    """Only the video stage applies channels_last and compile: an image or autoencoder config that sets them is
+    refused in one line naming the key, not silently run eager."""
+    with pytest.raises(ValueError, match="^compile: regional is for kind: video; this config trains kind: image"):
+        _cfg(kind="image", compile="regional")
+    with pytest.raises(ValueError, match="^channels_last: true is for kind: video; .* kind: autoencoder"):
+        _cfg(kind="autoencoder", channels_last=True)
+    assert _cfg(kind="image").compile == "none" and _cfg(compile="regional", channels_last=True).kind == "video"
+
+
 def test_fused_adamw_takes_the_same_steps_and_8bit_is_refused():
     torch.manual_seed(0)
     weights = [torch.nn.Parameter(torch.randn(64, 32)), torch.nn.Parameter(torch.randn(32))]
@@ -112,11 +122,13 @@ def test_bench_train_speed_compares_each_setting_with_eager_in_one_run(tmp_path)
 
 def test_estimate_memory_counts_a_fused_adamw_step_without_foreach_temporaries():
     """The fused kernel cannot run on meta: the estimate counts the single-tensor step in its place, which holds
-    the same optimizer state and none of foreach's per-step copies."""
+    the same optimizer state and none of foreach's per-step copies. With checkpointing the activations are small
+    enough that the step's peak is the optimizer's: lower without foreach's copies (1,709,056 vs 1,917,440 bytes)."""
     from emuvideo.training.memory import measure_step
 
-    shape = dict(preset="tiny", frames=4, size=32, batch=1)
-    foreach = measure_step(_cfg(mode="full", freeze_spatial=False), **shape)
-    fused = measure_step(_cfg(mode="full", freeze_spatial=False, optim={"fused": True}), **shape)
+    shape = dict(preset="tiny", frames=2, size=16, batch=1)
+    foreach = measure_step(_cfg(mode="full", freeze_spatial=False, gradient_checkpointing=True), **shape)
+    fused = measure_step(_cfg(mode="full", freeze_spatial=False, gradient_checkpointing=True, optim={"fused": True}),
+                         **shape)
     assert fused.breakdown["optimizer"] == foreach.breakdown["optimizer"] > 0
-    assert fused.peak_bytes <= foreach.peak_bytes
+    assert fused.peak_bytes < foreach.peak_bytes

@@ -22,6 +22,7 @@ import torch
 from diffusers import DDIMScheduler, StableDiffusionPipeline
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from ..schedules import scheduler_config
 from .presets import build_unet2d, build_vae, build_video_unet, get_preset
 
 TEXT_TOKENS = 77  # CLIP and OpenCLIP pad every prompt to 77 tokens
@@ -58,10 +59,11 @@ def byte_clip_tokenizer() -> CLIPTokenizer:
 
 
 def sd_scheduler(preset: str) -> DDIMScheduler:
-    """Stable Diffusion's training schedule (scaled linear betas) as its folders store it."""
-    return DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                         set_alpha_to_one=False, steps_offset=1,
-                         prediction_type=PREDICTION_TYPES.get(preset, "epsilon"))
+    """Stable Diffusion's training schedule (scaled linear betas) as its folders store it: emuvideo's schedule
+    (`emuvideo.schedules.scheduler_config`) without zero terminal SNR, predicting what `preset`'s model predicts."""
+    # the epsilon objective's config is SD's own (no rescale to zero terminal SNR, "leading" timesteps)
+    schedule = dict(scheduler_config("epsilon"), prediction_type=PREDICTION_TYPES.get(preset, "epsilon"))
+    return DDIMScheduler(**schedule, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
 def save_random_sd_folder(folder: str | Path, preset: str = "sd21", seed: int = 0) -> Path:

@@ -53,13 +53,37 @@ class _FrameCount:
         self.value = 1
 
 
+class TimeConv3d(nn.Conv3d):
+    """An `nn.Conv3d` over time alone (kernel `(k, 1, 1)`) that runs as a `(k, 1)` conv2d over `(T, H*W)` on a
+    CPU in bf16/fp16: PyTorch's CPU conv3d gives a non-finite weight gradient in bf16 for some shapes (2 frames,
+    64 channels), which turned a bf16 CPU run's loss NaN after one step. Same parameters, state dict and
+    convolution as `nn.Conv3d`; CUDA, meta (which estimates it) and fp32 run conv3d. Being a Conv3d, it is what
+    peft wraps (its `base_layer`, and peft builds the LoRA convs of the wrapper with this class too), and the
+    workaround holds there, at the convolution itself."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if (self.kernel_size[1:] != (1, 1) or self.stride[1:] != (1, 1) or self.dilation[1:] != (1, 1)
+                or isinstance(self.padding, str) or self.padding[1:] != (0, 0) or self.padding_mode != "zeros"):
+            raise ValueError(f"TimeConv3d convolves over time alone: kernel (k, 1, 1), no spatial stride, dilation "
+                             f"or padding, zero padding; got {self!r}")
+
+    def _conv_forward(self, input: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if input.device.type == "cpu" and input.dtype in (torch.bfloat16, torch.float16):
+            h = input.shape[-2]
+            out = F.conv2d(rearrange(input, "b c t h w -> b c t (h w)"), weight.squeeze(-1), bias,
+                           self.stride[:2], self.padding[:2], self.dilation[:2], self.groups)
+            return rearrange(out, "b c t (h w) -> b c t h w", h=h)
+        return super()._conv_forward(input, weight, bias)
+
+
 class TemporalConv(nn.Module):
     """1D convolution over time, kernel 3, initialised to the identity kernel (paper §3.1)."""
 
     def __init__(self, channels: int, frames: _FrameCount, kernel_size: int = 3) -> None:
         super().__init__()
         self.frames = frames
-        self.conv = nn.Conv3d(channels, channels, (kernel_size, 1, 1), padding=(kernel_size // 2, 0, 0))
+        self.conv = TimeConv3d(channels, channels, (kernel_size, 1, 1), padding=(kernel_size // 2, 0, 0))
         self.reset_to_identity()
 
     def reset_to_identity(self) -> None:
@@ -72,17 +96,7 @@ class TemporalConv(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         # (B*T, C, H, W) -> (B, C, T, H, W) -> conv over T -> back
         t = self.frames.value
-        x = rearrange(hidden_states, "(b t) c h w -> b c t h w", t=t)
-        if x.device.type == "cpu" and x.dtype in (torch.bfloat16, torch.float16) and type(self.conv) is nn.Conv3d:
-            # The same convolution as a (3, 1) conv2d over (T, H*W): PyTorch's CPU conv3d gives a non-finite weight
-            # gradient in bf16 for some shapes (2 frames, 64 channels), which turned a bf16 CPU run's loss NaN
-            # after one step. The weights keep their Conv3d layout; CUDA (and meta, which estimates it) and a conv that
-            # peft wrapped (a LoRA on it) keep conv3d.
-            b, c, _, h, w = x.shape
-            x = F.conv2d(x.reshape(b, c, t, h * w), self.conv.weight.squeeze(-1), self.conv.bias,
-                         padding=self.conv.padding[:2]).reshape(b, c, t, h, w)
-        else:
-            x = self.conv(x)
+        x = self.conv(rearrange(hidden_states, "(b t) c h w -> b c t h w", t=t))
         return rearrange(x, "b c t h w -> (b t) c h w")
 
 

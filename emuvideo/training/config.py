@@ -198,3 +198,9 @@ class TrainConfig:
         _at_least("max_minutes", self.max_minutes, 0)
         for key in ("image_dropout", "text_dropout"):
             _probability(key, getattr(self, key))
+        if self.kind != "video":  # the video stage alone applies them (stages/video.py: apply_speed_settings)
+            for key, off in (("channels_last", False), ("compile", "none")):
+                value = getattr(self, key)
+                if value != off:
+                    raise ValueError(f"{key}: {str(value).lower()} is for kind: video; this config trains kind: "
+                                     f"{self.kind} (remove {key})")

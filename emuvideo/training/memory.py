@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -51,6 +51,14 @@ NEAREST_MISSES = 2  # --budget: the configs just too large for which each change
 TEXT_TOKENS = 77  # CLIP / OpenCLIP pad every prompt to 77 tokens (the shipped MiniLM to 32)
 
 
+def reserved_rule(peak: int, quantized: int, fragmentation: float = FRAGMENTATION,
+                  cache: float = QUANTIZED_CACHE) -> int:
+    """`torch.cuda.max_memory_reserved` by the whole-card rule: the peak plus the allocator's cached-but-free blocks
+    (`fragmentation` of the peak, `cache` of the full-precision bytes of the weights NF4 replaced); add the CUDA
+    context for the whole card."""
+    return int(peak * (1 + fragmentation) + cache * quantized)
+
+
 @dataclass
 class MemoryEstimate:
     """The peak of one training step and what is in it (bytes)."""
@@ -74,7 +82,7 @@ class MemoryEstimate:
     @property
     def reserved_bytes(self) -> int:
         """`torch.cuda.max_memory_reserved` by the fitted rule: the peak plus cached-but-free blocks."""
-        return int(self.peak_bytes * (1 + FRAGMENTATION) + QUANTIZED_CACHE * self.quantized_bytes)
+        return reserved_rule(self.peak_bytes, self.quantized_bytes)
 
     @property
     def card_bytes(self) -> int:
@@ -100,6 +108,24 @@ def fit_card_rule(rows: list[dict]) -> tuple[float, float, int]:
 
 
 # ---------------------------------------------------------------------------------------------- the model
+def text_tokens(preset: str) -> int:
+    """Text states per prompt of a preset's model: the shipped default's MiniLM pads to 32 tokens, CLIP and
+    OpenCLIP (every other preset) to `TEXT_TOKENS`."""
+    return 32 if preset == "default" else TEXT_TOKENS
+
+
+def step_shapes(preset: str, batch: int, frames: int, size: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """The shapes of one training step's random inputs for a preset's video U-Net at `frames` x `size`² pixels:
+    latents `(batch, C, frames, size / f, size / f)` (f: the preset's VAE downsampling) and text states
+    `(batch, text_tokens(preset), the U-Net's cross-attention width)` (scripts/bench_*.py)."""
+    from ..models.presets import get_preset
+
+    spec = get_preset(preset)
+    side = size // 2 ** (len(spec.vae["block_out_channels"]) - 1)
+    return ((batch, spec.unet["in_channels"], frames, side, side),
+            (batch, text_tokens(preset), spec.unet["cross_attention_dim"]))
+
+
 def _unet_on(device: str, preset: str | None, model: str | None):
     """(video U-Net, fresh, text tokens) from a preset or a model folder, built on `device` (meta: no memory).
 
@@ -112,7 +138,7 @@ def _unet_on(device: str, preset: str | None, model: str | None):
     if model is None:
         with torch.device(device):
             unet = build_video_unet(preset)
-        return unet, True, TEXT_TOKENS if preset != "default" else 32
+        return unet, True, text_tokens(preset)
     config_path = Path(model) / "unet" / "config.json"
     if not config_path.is_file():
         raise ValueError(f"--model {model!r}: no unet/config.json (a local model folder is needed; a Hub id is not read)")
@@ -147,6 +173,17 @@ def _check_estimable(cfg: TrainConfig) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- the step
+def step_inputs(unet, tokens: int, batch: int, frames: int, size: int, dtype: torch.dtype,
+                device: str | torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The inputs of one training step of the video U-Net, standard normal, in the global RNG's order: `batch` clip
+    latents `(batch, C, frames, size / 8, size / 8)` (the VAE downsamples 8x) and text states `(batch, tokens, the
+    U-Net's cross-attention width)`. Shared by `measure_step` (memory) and `throughput.forward_flops` (FLOPs)."""
+    latent = size // 8
+    latents = torch.randn(batch, unet.latent_channels, frames, latent, latent, device=device, dtype=dtype)
+    text = torch.randn(batch, tokens, unet.unet.config.cross_attention_dim, device=device, dtype=dtype)
+    return latents, text
+
+
 def measure_step(
     cfg: TrainConfig,
     preset: str | None = "sd21",
@@ -192,14 +229,10 @@ def measure_step(
     prepare_unet(unet, cfg, torch_device, base_model=model or preset, fresh=fresh, compute_dtype=dtype)
     unet.train()
     params = [p for p in unet.parameters() if p.requires_grad]
-    # AdamW's fused kernel does not run on meta; it updates in place, with none of foreach's temporaries: the
-    # single-tensor path (one parameter's temporaries at a time) stands in for it
-    fused = cfg.optim.fused
-    optimizer = make_optimizer(params, replace(cfg.optim, fused=False), foreach=not fused)
+    # foreach: the temporaries a CUDA step allocates; fused AdamW, which cannot run on meta, gets make_optimizer's
+    # single-tensor stand-in there
+    optimizer = make_optimizer(params, cfg.optim, foreach=True)
     scheduler = make_train_scheduler(cfg.objective)
-    channels = unet.latent_channels
-    text_dim = unet.unet.config.cross_attention_dim
-    latent = size // 8
 
     if target not in ("cuda", "cpu") or device not in ("meta", target):
         raise ValueError(f"target must be 'cuda' (on meta or cuda) or 'cpu' (on meta or cpu), got {target!r} on {device}")
@@ -216,8 +249,7 @@ def measure_step(
     with device_kernels(target), counter:
         counter.track_module(unet)
         counter.track_gradients(params)
-        latents = torch.randn(batch, channels, frames, latent, latent, device=torch_device, dtype=dtype)
-        text = torch.randn(batch, tokens, text_dim, device=torch_device, dtype=dtype)
+        latents, text = step_inputs(unet, tokens, batch, frames, size, dtype, torch_device)
         for _ in range(2):  # the second step holds the optimizer state through forward and backward
             loss = video_training_loss(unet, scheduler, latents, text, cfg)
             loss.backward()
@@ -367,8 +399,8 @@ def fitting_changes(cfg: TrainConfig, estimate: MemoryEstimate, budget: int, pre
     rows = sorted(((what, estimate_with(pairs, shape), pairs, shape) for what, pairs, shape in changes),
                   key=lambda row: row[1].card_bytes)
     if rows and rows[0][1].card_bytes > budget:  # none fits alone: add changes, most saving first, until it fits
-        whats, pairs, shape = [], [], {}
-        for what, _, more, dims in rows:
+        whats, pairs, shape = [rows[0][0]], rows[0][2], rows[0][3]  # the first alone: estimated above, too large
+        for what, _, more, dims in rows[1:]:
             try:
                 together = estimate_with(pairs + more, {**shape, **dims})
             except ValueError:  # prepare_unet refuses this change beside the others (e.g. NF4 spatial and LoRA)
@@ -380,6 +412,20 @@ def fitting_changes(cfg: TrainConfig, estimate: MemoryEstimate, budget: int, pre
             rows.append((" ".join(whats), together, pairs, shape))
     rows = [(what, est) for what, est, _, _ in rows]
     return rows
+
+
+def measurement_row(name: str, sets: list[str], size: int, estimate: MemoryEstimate, measured: MemoryEstimate | None,
+                    digits: int = 3) -> dict:
+    """One run of scripts/check_memory_estimate.py as docs/perf/h200_memory.json holds it, which `card_rule_table`
+    reads: the mode's `name`, its `--set` pairs and frame `size`, the meta `estimate`'s peak and card, and the
+    `measured` run's (`measure_step(device="cuda")`: None when it ran out of memory) allocated, reserved and card
+    use, in GiB rounded to `digits` decimals."""
+    gib = lambda b: None if b is None else round(b / GiB, digits)  # noqa: E731
+    return {"mode": name, "sets": sets, "size": size, "estimate_gib": gib(estimate.peak_bytes),
+            "estimate_card_gib": gib(estimate.card_bytes),
+            "allocated_gib": gib(measured and measured.measured_bytes),
+            "reserved_gib": gib(measured and measured.measured_reserved_bytes),
+            "card_gib": gib(measured and measured.measured_card_bytes)}
 
 
 def card_rule_table(measurements: dict) -> tuple[tuple[float, float, int], list[dict]]:
@@ -405,7 +451,7 @@ def card_rule_table(measurements: dict) -> tuple[tuple[float, float, int], list[
                      "card_bytes": int(card * GiB) if card is not None else None})
     fragmentation, cache, context = fit_card_rule(rows)
     for row in rows:
-        row["predicted_reserved_bytes"] = int(row["peak_bytes"] * (1 + fragmentation) + cache * row["quantized_bytes"])
+        row["predicted_reserved_bytes"] = reserved_rule(row["peak_bytes"], row["quantized_bytes"], fragmentation, cache)
         row["predicted_card_bytes"] = row["predicted_reserved_bytes"] + context
         row["card_read"] = row["card_bytes"] is not None
         row["measured_card_bytes"] = row["card_bytes"] if row["card_read"] else row["reserved_bytes"] + context

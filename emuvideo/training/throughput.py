@@ -34,16 +34,14 @@ def forward_flops(cfg, preset: str | None, model: str | None, frames: int, size:
 
     from ..schedules import make_train_scheduler
     from .losses import video_training_loss
-    from .memory import _unet_on
+    from .memory import _unet_on, step_inputs
     from .stages.video import WEIGHT_DTYPES
 
     dtype = WEIGHT_DTYPES[cfg.weight_dtype]
     unet, _, tokens = _unet_on(device, preset, model)
     unet.to(dtype)
     torch.manual_seed(cfg.seed)
-    with torch.device(device):
-        latents = torch.randn(batch, unet.latent_channels, frames, size // 8, size // 8, dtype=dtype)
-        text = torch.randn(batch, tokens, unet.unet.config.cross_attention_dim, dtype=dtype)
+    latents, text = step_inputs(unet, tokens, batch, frames, size, dtype, device)
     # Attention as its two matmuls (SDPA's math path: what meta runs anyway, and the count FlopCounterMode gives
     # CUDA's flash kernel); the CPU's fused kernel would not be counted at all.
     with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:

@@ -77,6 +77,11 @@ def make_optimizer(params, optim, foreach: bool | None = None) -> torch.optim.Op
         raise ValueError("nothing to train: every parameter is frozen")
     kwargs = dict(lr=optim.lr, betas=tuple(optim.betas), weight_decay=optim.weight_decay)
     if optim.optimizer == "adamw":
+        if optim.fused and any(p.is_meta for p in params):
+            # `estimate-memory`'s meta step: the fused kernel does not run on meta. It updates in place, with none
+            # of foreach's per-step temporaries, so the single-tensor path (one parameter's temporaries at a time,
+            # the same optimizer state) stands in for it.
+            return torch.optim.AdamW(params, **kwargs, foreach=False)
         if optim.fused:  # one kernel for all parameters; torch refuses foreach beside it
             return torch.optim.AdamW(params, **kwargs, fused=True)
         return torch.optim.AdamW(params, **kwargs, foreach=foreach)
