@@ -9,7 +9,9 @@ table and writes JSON (`--out`) with ratios against the full fine-tune measured 
 - the U-Net is prepared by `emuvideo.training.stages.video.prepare_unet` (what `emuvideo finetune` runs) from
   the overrides in `CONFIGS`, on top of the CLI's default config (configs/finetune/lora.yaml);
 - a step is `video_training_loss` + backward + optimizer step on random latents and text states of the
-  model's shapes: the situation of a run training from the latent cache (no VAE or text encoder loaded);
+  model's shapes (`emuvideo.training.memory.step_shapes`): the situation of a run training from the latent
+  cache (no VAE or text encoder loaded), without the gradient clipping a run adds (scripts/bench_train_speed.py's
+  step has it);
 - peak memory: on a GPU `torch.cuda.max_memory_allocated` over the whole child (weights, optimizer state,
   activations); on a CPU the peak resident set over the training steps (Linux VmHWM, reset once the model
   is ready, so building the fp32 model before quantizing it is not counted), also shown above the RSS of
@@ -41,7 +43,17 @@ CONFIGS = {  # name -> TrainConfig overrides on the CLI default (LoRA rank 16 on
     "QLoRA, no grad ckpt": QLORA,
     "QLoRA (qlora.yaml: + grad ckpt)": {**QLORA, "gradient_checkpointing": True},
 }
-TEXT_TOKENS = {"tiny": 77, "default": 32, "sd21": 77}  # CLIP pads to 77; the default's MiniLM to 32
+
+
+def run_child_json(command: list[str], error_chars: int = 200) -> dict:
+    """Run `command` (this script or bench_train_speed.py with --child) in its own process and return the JSON of
+    its `RESULT {...}` stdout line; {"error": the last stderr line, cut to `error_chars`} when it failed or printed
+    none."""
+    done = subprocess.run(command, capture_output=True, text=True)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("RESULT ")), None)
+    if done.returncode != 0 or line is None:
+        return {"error": (done.stderr.strip().splitlines() or ["no output"])[-1][:error_chars]}
+    return json.loads(line.removeprefix("RESULT "))
 
 
 def child(args) -> dict:
@@ -49,10 +61,11 @@ def child(args) -> dict:
 
     import torch
 
-    from emuvideo.models.presets import build_video_unet, get_preset
+    from emuvideo.models.presets import build_video_unet
     from emuvideo.schedules import make_train_scheduler
     from emuvideo.training.finetune import finetune_config
     from emuvideo.training.losses import video_training_loss
+    from emuvideo.training.memory import step_shapes
     from emuvideo.training.stages.video import prepare_unet
     from emuvideo.training.trainer import make_optimizer
     from emuvideo.utils.benchmark import reset_peak_rss, rss_mib
@@ -62,7 +75,6 @@ def child(args) -> dict:
     device = torch.device(args.device)
     import_rss = rss_mib("VmRSS")
     cfg = finetune_config(None, CONFIGS[args.child])
-    preset = get_preset(args.preset)
     torch.manual_seed(0)
     unet = build_video_unet(args.preset)  # fp32 on the CPU; QLoRA quantizes it layer by layer onto `device`
     prepare_unet(unet, cfg, device)
@@ -70,10 +82,9 @@ def child(args) -> dict:
     optimizer = make_optimizer(unet.parameters(), cfg.optim)
     scheduler = make_train_scheduler(cfg.objective)
 
-    factor = 2 ** (len(preset.vae["block_out_channels"]) - 1)
-    latent = args.size // factor
-    latents = torch.randn(args.batch, preset.unet["in_channels"], args.frames, latent, latent, device=device)
-    text = torch.randn(args.batch, TEXT_TOKENS.get(args.preset, 77), preset.unet["cross_attention_dim"], device=device)
+    latent_shape, text_shape = step_shapes(args.preset, args.batch, args.frames, args.size)
+    latents = torch.randn(latent_shape, device=device)
+    text = torch.randn(text_shape, device=device)
     cuda = device.type == "cuda"
     reset = reset_peak_rss() if not cuda else True
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.mixed_precision == "bf16")
@@ -167,13 +178,7 @@ def main() -> int:
         cmd = [sys.executable, __file__, "--child", name] + [
             f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items() if k not in ("child", "only", "out")
         ]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if done.returncode != 0 or line is None:
-            reason = (done.stderr.strip().splitlines() or ["no output"])[-1][:160]
-            results.append({"name": name, "error": reason})
-        else:
-            results.append(json.loads(line.removeprefix("RESULT ")))
+        results.append({"name": name, **run_child_json(cmd, error_chars=160)})
         print(f"{name}: {results[-1]}", file=sys.stderr, flush=True)
 
     import torch

@@ -16,7 +16,8 @@ device, are skipped and named) and runs in its own process, so peaks and compile
 - seconds per step: the median of `--steps` steps after `--warmup` (compilation happens in the warm-up; its
   time is reported apart as `first_step_s`);
 - MFU = 3 x forward FLOPs (counted on meta, `emuvideo.training.throughput.forward_flops`) / seconds per step /
-  the device's dense bf16 peak (`PEAK_BF16`, or `--peak-tflops`); NF4 modes use the bf16 count (the counter does
+  the device's dense bf16 peak (`peak_bf16`: emuvideo/training/gpu_throughput.json's `peak_bf16_flops` for its
+  device, `PEAK_BF16` for others, or `--peak-tflops`); NF4 modes use the bf16 count (the counter does
   not see bitsandbytes' 4-bit matmuls), and frozen weights' skipped gradients are not subtracted (the usual
   convention, as in docs/performance.md);
 - memory: on a GPU `max_memory_allocated` / `max_memory_reserved`; on a CPU the peak resident set.
@@ -29,10 +30,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from bench_finetune import run_child_json  # scripts/bench_finetune.py: the same RESULT-line protocol
 
 EAGER = "eager (the config as written)"
 # name -> (--set pairs, applies(cfg, cuda) -> reason it does not, or None)
@@ -49,10 +51,20 @@ VARIANTS = {
     "SDPA: memory-efficient": ([], lambda cfg, cuda: None if cuda else "CUDA only"),
 }
 SDPA = {"SDPA: flash": "FLASH_ATTENTION", "SDPA: cuDNN": "CUDNN_ATTENTION", "SDPA: memory-efficient": "EFFICIENT_ATTENTION"}
-# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by torch.cuda.get_device_name
-PEAK_BF16 = {"NVIDIA H200": 989e12, "NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12,
+# Dense bf16 tensor-core peaks (FLOP/s) from the vendors' data sheets, by torch.cuda.get_device_name; the device of
+# emuvideo/training/gpu_throughput.json (an H200) takes its peak_bf16_flops from there (`peak_bf16`)
+PEAK_BF16 = {"NVIDIA H100 80GB HBM3": 989e12, "NVIDIA H100 PCIe": 756e12,
              "NVIDIA A100-SXM4-80GB": 312e12, "NVIDIA A100-SXM4-40GB": 312e12, "NVIDIA A100 80GB PCIe": 312e12}
-TEXT_TOKENS = {"default": 32}  # the default model's MiniLM pads to 32; CLIP (every other preset) to 77
+
+
+def peak_bf16(name: str) -> float | None:
+    """The dense bf16 peak (FLOP/s) of the device `name`: gpu_throughput.json's for its device, else `PEAK_BF16`'s."""
+    from emuvideo.training.throughput import load_throughput
+
+    table = load_throughput()
+    if table.get("device") == name and table.get("peak_bf16_flops"):
+        return float(table["peak_bf16_flops"])
+    return PEAK_BF16.get(name)
 
 
 def load(args, sets: list[str]):
@@ -67,9 +79,10 @@ def child(args) -> dict:
 
     import torch
 
-    from emuvideo.models.presets import build_video_unet, get_preset
+    from emuvideo.models.presets import build_video_unet
     from emuvideo.schedules import make_train_scheduler
     from emuvideo.training.losses import video_training_loss
+    from emuvideo.training.memory import step_shapes
     from emuvideo.training.stages.video import WEIGHT_DTYPES, apply_speed_settings, prepare_unet
     from emuvideo.training.trainer import make_optimizer
     from emuvideo.utils.benchmark import peak_rss_mib, reset_peak_rss
@@ -78,7 +91,6 @@ def child(args) -> dict:
     cfg = load(args, sets)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    preset = get_preset(args.preset)
     torch.manual_seed(0)
     unet = build_video_unet(args.preset)
     prepare_unet(unet, cfg, device, fresh=True)
@@ -87,12 +99,11 @@ def child(args) -> dict:
     optimizer = make_optimizer(unet.parameters(), cfg.optim)
     scheduler = make_train_scheduler(cfg.objective)
     dtype = WEIGHT_DTYPES[cfg.weight_dtype]
-    factor = 2 ** (len(preset.vae["block_out_channels"]) - 1)
     generator = torch.Generator().manual_seed(1)
-    shape = (args.batch, preset.unet["in_channels"], args.frames, args.size // factor, args.size // factor)
-    batches = [(torch.randn(shape, generator=generator).to(device, dtype),
-                torch.randn(args.batch, TEXT_TOKENS.get(args.preset, 77), preset.unet["cross_attention_dim"],
-                            generator=generator).to(device, dtype)) for _ in range(args.warmup + args.steps)]
+    latent_shape, text_shape = step_shapes(args.preset, args.batch, args.frames, args.size)
+    batches = [(torch.randn(latent_shape, generator=generator).to(device, dtype),
+                torch.randn(text_shape, generator=generator).to(device, dtype))
+               for _ in range(args.warmup + args.steps)]
     params = [p for p in unet.parameters() if p.requires_grad]
     if args.child in SDPA:
         from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -157,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=2, help="steps before timing, compilation included (default: 2)")
     parser.add_argument("--device", default=None, help="cuda (default when present) or cpu")
     parser.add_argument("--only", action="append", help="run only these variants (repeatable; eager always runs)")
-    parser.add_argument("--peak-tflops", type=float, help="the device's dense bf16 peak, for MFU (default: PEAK_BF16)")
+    parser.add_argument("--peak-tflops", type=float,
+                        help="the device's dense bf16 peak, for MFU (default: gpu_throughput.json's or PEAK_BF16)")
     parser.add_argument("--out", default="bench_train_speed.json")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -179,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
 
     flops = forward_flops(cfg, args.preset, None, args.frames, args.size, args.batch)
     name = device_name(args.device)
-    peak = args.peak_tflops * 1e12 if args.peak_tflops else PEAK_BF16.get(name) if cuda else None
+    peak = args.peak_tflops * 1e12 if args.peak_tflops else peak_bf16(name) if cuda else None
     rows = []
     for variant, (_, applies) in VARIANTS.items():
         if args.only and variant != EAGER and variant not in args.only:
@@ -192,12 +204,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--frames", str(args.frames), "--size", str(args.size), "--batch", str(args.batch),
                    "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
                    *[arg for pair in args.set for arg in ("--set", pair)]]
-        done = subprocess.run(command, capture_output=True, text=True)
-        line = next((l for l in done.stdout.splitlines() if l.startswith("RESULT ")), None)
-        if done.returncode != 0 or line is None:
-            rows.append({"name": variant, "error": (done.stderr.strip().splitlines() or ["no output"])[-1][:200]})
-        else:
-            rows.append(json.loads(line.removeprefix("RESULT ")))
+        rows.append({"name": variant, **run_child_json(command)})
         print(f"{variant}: {rows[-1].get('step_s', rows[-1].get('error'))}", file=sys.stderr, flush=True)
     eager = next((r for r in rows if r["name"] == EAGER and "losses" in r), None)
     for r in rows:

@@ -103,18 +103,16 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def run_phase(name: str, code: str, args: list[str], out: Path, device: str, interrupt_when=None) -> dict:
-    """Run `python -c code *args` as phase `name`; returns its row (rc, wall time, memory). With `interrupt_when`,
-    a callable polled while it runs: the first time it returns True the process gets SIGINT (Ctrl+C)."""
-    logs = out / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    peaks_file = logs / f"{name}.memory.json"
-    peaks_file.unlink(missing_ok=True)
-    argv = [sys.executable, "-c", code, *([str(peaks_file)] if code is CHILD else []), *args]
-    print(f"[{name}] {' '.join(args)}", flush=True)
+def run_logged(command: list[str], log_path: Path, append: bool = False, interrupt_when=None) -> tuple[int, float, int]:
+    """Run `command` in a child process, its stdout and stderr into `log_path` (appended to with `append`);
+    returns (exit code, wall seconds, the child's peak resident set in bytes: `ru_maxrss`, its own alone).
+
+    The child starts with SIGINT's default action (see `_default_sigint`). With `interrupt_when`, a callable polled
+    while it runs: the first time it returns True the child gets SIGINT (Ctrl+C). scripts/qlora_claim.py runs its
+    fine-tunes with it too (a child process can only be started from scripts/: tests/test_security.py)."""
     started, interrupted = time.perf_counter(), False
-    with open(logs / f"{name}.log", "w") as log, CardPoller(device) if device.startswith("cuda") else _Nothing() as card:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
+    with open(log_path, "a" if append else "w") as log:
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_default_sigint)
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
             if pid:
@@ -124,9 +122,23 @@ def run_phase(name: str, code: str, args: list[str], out: Path, device: str, int
                 interrupted = True
             time.sleep(0.05)
     proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, time.perf_counter() - started, usage.ru_maxrss * 1024  # Linux: ru_maxrss in KiB
+
+
+def run_phase(name: str, code: str, args: list[str], out: Path, device: str, interrupt_when=None) -> dict:
+    """Run `python -c code *args` as phase `name`; returns its row (rc, wall time, memory). With `interrupt_when`,
+    a callable polled while it runs: the first time it returns True the process gets SIGINT (Ctrl+C)."""
+    logs = out / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    peaks_file = logs / f"{name}.memory.json"
+    peaks_file.unlink(missing_ok=True)
+    argv = [sys.executable, "-c", code, *([str(peaks_file)] if code is CHILD else []), *args]
+    print(f"[{name}] {' '.join(args)}", flush=True)
+    with CardPoller(device) if device.startswith("cuda") else _Nothing() as card:
+        rc, seconds, peak_rss = run_logged(argv, logs / f"{name}.log", interrupt_when=interrupt_when)
     peaks = json.loads(peaks_file.read_text()) if peaks_file.is_file() else {}
-    row = {"phase": name, "rc": proc.returncode, "wall_s": round(time.perf_counter() - started, 1),
-           "peak_rss": usage.ru_maxrss * 1024, **peaks, "card_used": getattr(card, "peak", None)}
+    row = {"phase": name, "rc": rc, "wall_s": round(seconds, 1),
+           "peak_rss": peak_rss, **peaks, "card_used": getattr(card, "peak", None)}
     print(f"[{name}] exit {row['rc']} after {row['wall_s']} s", flush=True)
     return row
 
@@ -175,11 +187,6 @@ def logged_steps(run: Path) -> list[int]:
     return [int(line.split(",")[0]) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
-def newest_checkpoint_step(run: Path) -> int | None:
-    found = sorted((run / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    return json.loads((found[-1] / "trainer_state.json").read_text())["step"] if found else None
-
-
 def check(rows: list[dict], ok: bool, what: str) -> None:
     rows[-1].setdefault("checks", []).append(f"{'ok' if ok else 'FAILED'}: {what}")
     if not ok:
@@ -188,6 +195,8 @@ def check(rows: list[dict], ok: bool, what: str) -> None:
 
 def run(args, out: Path, rows: list[dict]) -> None:
     """The phases, each appended to `rows` as it ends; a failed check raises RuntimeError naming it."""
+    from emuvideo.training.checkpoints import trained_to  # the step of a run's newest checkpoint (no torch)
+
     sd = out / "sd"
     rows.append(run_phase("build", BUILD, [str(sd), args.preset], out, args.device))
     check(rows, rows[-1]["rc"] == 0 and (sd / "model_index.json").is_file(), f"{args.preset} folder written")
@@ -208,7 +217,7 @@ def run(args, out: Path, rows: list[dict]) -> None:
         if stage == args.stages[0]:  # Ctrl+C after the first checkpoint, then --resume latest
             first = lambda: any((run_dir / "checkpoints").glob("checkpoint-*"))  # noqa: E731 (renamed in whole)
             rows.append(run_phase(f"stage{stage}", CHILD, train, out, args.device, interrupt_when=first))
-            stopped = rows[-1]["stopped_at"] = newest_checkpoint_step(run_dir)
+            stopped = rows[-1]["stopped_at"] = trained_to(run_dir)
             rows[-1]["estimate"] = guess
             check(rows, rows[-1]["rc"] == 130 and stopped is not None and stopped < args.steps,
                   f"Ctrl+C stopped stage {stage} at step {stopped} of {args.steps} with a checkpoint (exit 130)")
@@ -220,7 +229,7 @@ def run(args, out: Path, rows: list[dict]) -> None:
             rows.append(run_phase(f"stage{stage}", CHILD, train, out, args.device))
         rows[-1]["estimate"] = guess
         check(rows, rows[-1]["rc"] == 0 and (run_dir / "final" / "model_index.json").is_file(),
-              f"stage {stage} wrote final/ at step {newest_checkpoint_step(run_dir)}")
+              f"stage {stage} wrote final/ at step {trained_to(run_dir)}")
         if not args.keep and model != sd:  # the previous stage's folders (~10 GB at sd21) are read no more
             shutil.rmtree(model.parent)
         model = run_dir / "final"

@@ -15,41 +15,36 @@ import shutil
 from pathlib import Path
 
 from emuvideo.pipelines.loading import DEFAULT_MODEL_DIR
-from emuvideo.utils.files import plain_permissions
+from emuvideo.utils.files import atomic_dir
 
 
 def main(source: str, vae: str | None = None, interpolation: str | None = None, image_unet: str | None = None) -> None:
     src = Path(source)
     if not (src / "model_index.json").is_file():
         raise SystemExit(f"{src} is not a pipeline folder (no model_index.json)")
-    tmp = DEFAULT_MODEL_DIR.with_name(".default.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".done", "*.txt"))
-    if vae is not None:
-        shutil.rmtree(tmp / "vae")
-        shutil.copytree(vae, tmp / "vae")
-    if image_unet is not None:
-        if not (Path(image_unet) / "config.json").is_file():
-            raise SystemExit(f"{image_unet} is not a U-Net folder (no config.json)")
-        shutil.rmtree(tmp / "image_unet")
-        shutil.copytree(image_unet, tmp / "image_unet")
-    if interpolation is not None:
-        donor = Path(interpolation)
-        donor_index = json.loads((donor / "model_index.json").read_text())
-        if not (donor / "interpolation_unet").is_dir() or "interpolation" not in donor_index:
-            raise SystemExit(f"{donor} has no interpolation_unet/")
-        shutil.rmtree(tmp / "interpolation_unet", ignore_errors=True)
-        shutil.copytree(donor / "interpolation_unet", tmp / "interpolation_unet")
-        index = json.loads((tmp / "model_index.json").read_text())
-        index["interpolation_unet"] = donor_index["interpolation_unet"]
-        index["interpolation"] = donor_index["interpolation"]
-        (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-    plain_permissions(tmp)  # a copy keeps the 0o600 of weights safetensors wrote: make them readable by all
-    old = DEFAULT_MODEL_DIR.with_name(".default.old")
-    if DEFAULT_MODEL_DIR.exists():
-        DEFAULT_MODEL_DIR.rename(old)
-    tmp.rename(DEFAULT_MODEL_DIR)
-    shutil.rmtree(old, ignore_errors=True)
+    # built beside and renamed into place; a copy keeps the 0o600 of weights safetensors wrote: atomic_dir makes
+    # them readable by all
+    with atomic_dir(DEFAULT_MODEL_DIR) as tmp:
+        shutil.copytree(src, tmp, ignore=shutil.ignore_patterns(".done", "*.txt"), dirs_exist_ok=True)
+        if vae is not None:
+            shutil.rmtree(tmp / "vae")
+            shutil.copytree(vae, tmp / "vae")
+        if image_unet is not None:
+            if not (Path(image_unet) / "config.json").is_file():
+                raise SystemExit(f"{image_unet} is not a U-Net folder (no config.json)")
+            shutil.rmtree(tmp / "image_unet")
+            shutil.copytree(image_unet, tmp / "image_unet")
+        if interpolation is not None:
+            donor = Path(interpolation)
+            donor_index = json.loads((donor / "model_index.json").read_text())
+            if not (donor / "interpolation_unet").is_dir() or "interpolation" not in donor_index:
+                raise SystemExit(f"{donor} has no interpolation_unet/")
+            shutil.rmtree(tmp / "interpolation_unet", ignore_errors=True)
+            shutil.copytree(donor / "interpolation_unet", tmp / "interpolation_unet")
+            index = json.loads((tmp / "model_index.json").read_text())
+            index["interpolation_unet"] = donor_index["interpolation_unet"]
+            index["interpolation"] = donor_index["interpolation"]
+            (tmp / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     size = sum(f.stat().st_size for f in DEFAULT_MODEL_DIR.rglob("*") if f.is_file())
     print(f"installed {src} -> {DEFAULT_MODEL_DIR} ({size / 1e6:.1f} MB)")
 

@@ -39,9 +39,9 @@ import argparse
 import json
 import os
 import platform
-import subprocess
-import time
 from pathlib import Path
+
+from gpu_smoke import run_logged  # scripts/gpu_smoke.py: a child process to a log, its time and peak memory
 
 from emuvideo.experiments import spread
 from emuvideo.experiments.qlora_claim import METHODS, evaluate, finetune_command, render_data, table
@@ -52,16 +52,11 @@ def train(method: str, data: Path, run: Path, steps: int, batch_size: int, seed:
     """`emuvideo finetune` in a child process, so that its wall time and peak resident set are its own (a run
     stopped part way resumes; its seconds are then those after the resume)."""
     command = finetune_command(method, data, run, steps, batch_size, seed, lr, model)
-    start = time.perf_counter()
     log_path = Path(run).parent / f"{Path(run).name}.log"
-    with open(log_path, "a") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - start
-    if os.waitstatus_to_exitcode(status) != 0:
+    code, seconds, peak_rss = run_logged(command, log_path, append=True)
+    if code != 0:
         raise SystemExit(f"{method}: emuvideo finetune failed; see {log_path}")
-    return {"command": " ".join(command), "seconds": round(seconds, 1),
-            "peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}  # Linux: kilobytes
+    return {"command": " ".join(command), "seconds": round(seconds, 1), "peak_rss_mib": round(peak_rss / 2**20, 1)}
 
 
 def main(argv=None) -> None:

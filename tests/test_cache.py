@@ -15,7 +15,6 @@ from PIL import Image
 import emuvideo.data.cache as cache_module
 from emuvideo.data.cache import LatentCache, cache_key
 from emuvideo.data.clips import ClipDataset
-from emuvideo.utils.files import _umask
 
 ENCODERS = {"vae": "tiny-vae@0123abc", "text_encoder": "tiny-te@4567def", "dtype": "float32"}
 
@@ -95,7 +94,11 @@ def test_round_trip_with_buckets_and_streaming(tmp_path):
     dataset, encoders = FakeClips(shapes, log=log), Encoders(log=log)
     cache = LatentCache(tmp_path, {"dataset": "fake-v1", **ENCODERS})
     assert not cache.is_complete()
-    cache.build(dataset, encoders.video, encoders.text, batch_size=2, progress=False)
+    old_umask = os.umask(0o022)  # not 077 (where a plain write is 0o600 too, as safetensors' own files are)
+    try:
+        cache.build(dataset, encoders.video, encoders.text, batch_size=2, progress=False)
+    finally:
+        os.umask(old_umask)
 
     assert cache.is_complete() and len(cache) == 6
     # Items stream: a batch is encoded before later items are loaded, and an item of another
@@ -111,8 +114,8 @@ def test_round_trip_with_buckets_and_streaming(tmp_path):
     assert cache.buckets == [(4, t, 4, w // 4) for t, _, w in shapes]
     stored = json.loads((cache.dir / "fields.json").read_text())
     assert stored == {"key": cache.key, "fields": {"dataset": "fake-v1", **ENCODERS}}
-    plain = 0o666 & ~_umask()  # a cache shared between users: every item readable as a plain write is
-    assert {p.stat().st_mode & 0o777 for p in cache.dir.rglob("*.safetensors")} == {plain}
+    # a cache shared between users: every item readable as a plain write is (0o666 less the umask 022)
+    assert {p.stat().st_mode & 0o777 for p in cache.dir.rglob("*.safetensors")} == {0o644}
     assert cache.dir == tmp_path / cache_key(dataset="fake-v1", **ENCODERS)
 
 

@@ -148,6 +148,21 @@ def test_in_between_part_is_per_clip_deterministic(stand_in):
         assert s["n"] == 2 and s["psnr"]["low"] <= s["psnr"]["mean"] <= s["psnr"]["high"]
 
 
+def test_autoencoder_ceiling_is_the_round_trip_with_the_given_keys(stand_in):
+    from emuvideo.evaluation.autoencoder import reconstruct
+
+    interp = stand_in.interpolation
+    spec = interp_eval.held_back_spec(interp_eval.IN_BETWEEN_SEED, 0, 3)
+    truth = interp_eval.render_dense(spec, 3, 4, interp.size)  # 9 frames, keys 0, 4, 8
+    out = interp_eval.autoencoder_round_trip(interp.vae, truth, 4)
+    assert out.shape == truth.shape and out.dtype == np.uint8
+    assert np.array_equal(out[::4], truth[::4])  # the keys as given
+    in_between = np.ones(len(truth), bool)
+    in_between[::4] = False
+    assert np.array_equal(out[in_between], reconstruct(interp.vae, truth)[in_between])
+    assert not np.array_equal(out[in_between], truth[in_between])  # an untrained VAE does change them
+
+
 def test_keyframes_and_verdicts_and_run(stand_in):
     specs = interp_eval.held_back_specs(2, interp_eval.KEYFRAME_SEED, 4)
     keyframes = interp_eval.evaluate_keyframes(stand_in, specs, steps=1, seed=0, num_frames=4, progress=False)

@@ -30,7 +30,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from ..utils.files import plain_permissions
+from ..utils.files import atomic_path
 
 
 def default_cache_dir() -> Path:
@@ -230,26 +230,23 @@ class LatentCache:
             raise ValueError(f"encode_text must return (B={len(batch)}, L, D), got {tuple(text_embeds.shape)}")
         for b, item in enumerate(batch):
             path = self._item_path(item["index"])
-            tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
             tensors = {"latents": latents[b].detach().cpu().contiguous().clone()}
             if text_embeds is not None:
                 tensors["text_embeds"] = text_embeds[b].detach().cpu().contiguous().clone()
             metadata = {"caption": item["caption"], "path": str(item.get("path", "")), "motion": repr(item["motion"])}
             if "spec" in item:
                 metadata["spec"] = json.dumps(item["spec"])
-            try:
+            # atomic (written beside, renamed): readers and resumes see a whole item or none; with a plain write's
+            # permissions (safetensors writes 0o600; a shared cache is read by other users too)
+            with atomic_path(path) as tmp:
                 save_file(tensors, tmp, metadata=metadata)
-                plain_permissions(tmp)  # safetensors writes 0o600; a shared cache is read by other users too
-                os.replace(tmp, path)  # atomic: readers and resumes see a whole item or none
-            finally:
-                tmp.unlink(missing_ok=True)
         return len(batch)
 
     def _manifest(self) -> dict:
         if self._complete is None:
             path = self.dir / "complete.json"
             if not path.exists():
-                done = len(list(self.dir.glob("*.safetensors")))
+                done = len([p for p in self.dir.glob("*.safetensors") if not p.name.startswith(".")])  # not temporaries
                 raise RuntimeError(f"latent cache {self.dir} is incomplete ({done} items written); run build()")
             self._complete = json.loads(path.read_text(encoding="utf-8"))
         return self._complete

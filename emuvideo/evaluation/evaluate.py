@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from ..utils.video import VIDEO_SUFFIXES, read_frames
 from .judge import judge_video, score
 from .prompt_sets import read_prompt_lines, target_of
-from .stats import wilson_interval
+from .stats import rate_record
 from .strict_judge import STRICT_ATTRIBUTES, explain_strict, judge_video_strict, score_strict
 
 DEFAULT_SEEDS = 3
@@ -105,12 +105,7 @@ class EvalReport:
     def rates(self, verdict: str, group: str) -> dict[str, dict]:
         """{attribute: {"k", "n", "rate", "low", "high"}} for the rows of `group` under `verdict`."""
         rows = [r for r in self.rows if GROUPS[group](r)]
-        out = {}
-        for attribute in VERDICTS[verdict]:
-            k, n = sum(bool(r[verdict][attribute]) for r in rows), len(rows)
-            low, high = wilson_interval(k, n)
-            out[attribute] = {"k": k, "n": n, "rate": _number(k / n) if n else None, "low": _number(low), "high": _number(high)}
-        return out
+        return {a: rate_record(sum(bool(r[verdict][a]) for r in rows), len(rows)) for a in VERDICTS[verdict]}
 
     def groups(self) -> list[str]:
         return [g for g, member in GROUPS.items() if any(member(r) for r in self.rows)]

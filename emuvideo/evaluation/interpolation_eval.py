@@ -37,10 +37,11 @@ from tqdm.auto import tqdm
 from ..data.shapes import (
     REFERENCE_FPS, SPEEDS, ShapeSpec, canonical_caption, canonical_prompts, render_clip, sample_spec,
 )
-from ..pipelines.common import decode_frames, encode_frames, numpy_to_uint8, to_uint8
+from ..pipelines.common import numpy_to_uint8
+from .autoencoder import reconstruct
 from .evaluate import prompt_seed
 from .interpolation import BASELINES, bootstrap_interval, in_between_scores, psnr
-from .stats import wilson_interval
+from .stats import rate_record
 from .strict_judge import judge_video_strict, score_strict
 
 IN_BETWEEN_SEED = 10_000  # clip i: random.Random(10_000 + i)
@@ -77,7 +78,7 @@ def render_dense(spec: ShapeSpec, num_keys: int, factor: int, size: int) -> np.n
     return render_clip(spec, (num_keys - 1) * factor + 1, REFERENCE_FPS * factor, size=size)
 
 
-def interpolation_generators(interp, seeds: list[int], num_keys: int, factor: int) -> list[torch.Generator]:
+def interpolation_generators(seeds: list[int]) -> list[torch.Generator]:
     """One CPU generator per clip (the pipeline draws all of a clip's windows from it), so that a clip's noise
     depends on its seed alone, not on the batch it is in."""
     return [torch.Generator().manual_seed(clip_seed(s, 0)) for s in seeds]
@@ -86,7 +87,7 @@ def interpolation_generators(interp, seeds: list[int], num_keys: int, factor: in
 def interpolate(interp, keys: list[np.ndarray], prompts: list[str], factor: int, steps: int,
                 seeds: list[int]) -> np.ndarray:
     """The model on B key-frame clips `(K, H, W, 3)` uint8 at 8 fps -> `(B, (K-1)·factor + 1, H, W, 3)` uint8."""
-    gens = interpolation_generators(interp, seeds, len(keys[0]), factor)
+    gens = interpolation_generators(seeds)
     out = interp(np.stack(keys), prompts, factor=factor, num_inference_steps=steps, generator=gens,
                  fps=REFERENCE_FPS, output_type="np")
     return numpy_to_uint8(out.frames)  # "np" is float in [0, 1]; the metrics compare the bytes a file holds
@@ -100,11 +101,6 @@ def _batches(items: list, size: int, desc: str, progress: bool):
 def _mean_interval(values: list[float]) -> dict:
     low, high = bootstrap_interval(values)
     return {"mean": float(np.mean(values)), "low": low, "high": high}
-
-
-def _rate(k: int, n: int) -> dict:
-    low, high = wilson_interval(k, n)
-    return {"k": k, "n": n, "rate": k / n if n else None, "low": low, "high": high}
 
 
 # ---------------------------------------------------------------------------------------------- a. in-betweens
@@ -142,12 +138,10 @@ def evaluate_in_between(interp, specs: list[ShapeSpec], factors: list[int], num_
     return {"rows": rows, "summary": summary}
 
 
-@torch.no_grad()
 def autoencoder_round_trip(vae, truth: np.ndarray, factor: int) -> np.ndarray:
     """The true frames encoded and decoded by the model's VAE, the key frames kept as given (as the model's
     output keeps them): what a perfect latent interpolator would score."""
-    x = torch.from_numpy(truth).permute(3, 0, 1, 2)[None].float() / 127.5 - 1  # (1, 3, T, H, W)
-    out = to_uint8(decode_frames(vae, encode_frames(vae, x)))[0]
+    out = reconstruct(vae, truth)
     out[::factor] = truth[::factor]
     return out
 
@@ -191,7 +185,7 @@ def evaluate_keyframes(pipe, specs: list[ShapeSpec], steps: int, seed: int, batc
         summary[setting] = {}
         for frame in ("first", "last"):
             values = [r[setting][frame] for r in rows]
-            good = _rate(sum(v >= GOOD_PSNR_DB for v in values), len(values))
+            good = rate_record(sum(v >= GOOD_PSNR_DB for v in values), len(values))
             summary[setting][frame] = {"mean": float(np.mean(values)), "min": float(np.min(values)),
                                        f"at_least_{GOOD_PSNR_DB:.0f}db": good}
     return {"num_frames": num_frames, "rows": rows, "summary": summary}
@@ -236,7 +230,7 @@ def evaluate_verdicts(pipe, prompts: list[dict], steps: int, seed: int, batch_si
         video = pipe(texts, generator=[torch.Generator().manual_seed(s) for s in seeds], num_inference_steps=steps,
                      output_type="np")  # (B, T, H, W, 3) float in [0, 1]
         before = numpy_to_uint8(video.frames)
-        gens = interpolation_generators(interp, seeds, video.frames.shape[1], factor)
+        gens = interpolation_generators(seeds)
         after = interp(video.frames, texts, factor=factor, num_inference_steps=steps, generator=gens, fps=video.fps,
                        output_type="np")
         for target, b, a in zip(chunk, before, numpy_to_uint8(after.frames)):
@@ -248,8 +242,9 @@ def evaluate_verdicts(pipe, prompts: list[dict], steps: int, seed: int, batch_si
     n = len(rows)
     summary = {
         "factor": factor,
-        "unchanged": {f: _rate(sum(r["unchanged"][f] for r in rows), n) for f in (*VERDICT_FIELDS, "both")},
-        "all_correct": {when: _rate(sum(r[when]["all_correct"] for r in rows), n) for when in ("before", "after")},
+        "unchanged": {f: rate_record(sum(r["unchanged"][f] for r in rows), n) for f in (*VERDICT_FIELDS, "both")},
+        "all_correct": {when: rate_record(sum(r[when]["all_correct"] for r in rows), n)
+                        for when in ("before", "after")},
     }
     return {"rows": rows, "summary": summary}
 

@@ -25,6 +25,20 @@ def wilson_interval(successes: int, n: int, z: float = Z_95) -> tuple[float, flo
     return (0.0 if successes == 0 else centre - half), (1.0 if successes == n else centre + half)
 
 
+def rate_record(k: int, n: int) -> dict:
+    """{"k", "n", "rate", "low", "high"}: `k` of `n` with its Wilson 95% interval, as the reports write a rate.
+
+    JSON has no NaN: with no trial (`n` 0) the rate and the bounds are None.
+    """
+    low, high = wilson_interval(k, n)
+    return {"k": k, "n": n, "rate": float(k / n) if n else None, "low": _finite(low), "high": _finite(high)}
+
+
+def _finite(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
+
+
 def pairwise_wins(scores_a, scores_b) -> list[float]:
     """Per pair, whether A beat B: 1 where `scores_a[i] > scores_b[i]`, 0.5 on a tie, 0 where it lost.
 
@@ -57,4 +71,4 @@ def bootstrap_win_rate(scores_a, scores_b, level: float = 0.95, resamples: int =
     return win_rate(scores_a, scores_b), low, high
 
 
-__all__ = ["Z_95", "bootstrap_win_rate", "pairwise_wins", "wilson_interval", "win_rate"]
+__all__ = ["Z_95", "bootstrap_win_rate", "pairwise_wins", "rate_record", "wilson_interval", "win_rate"]

@@ -26,6 +26,8 @@ import torch
 
 from ..config import CONFIGS_DIR
 from ..evaluation.strict_judge import STRICT_ATTRIBUTES
+from ..training.checkpoints import trained_to
+from ..utils.files import atomic_dir
 
 CONFIG_DIR = CONFIGS_DIR / "experiments" / "ablations"
 BASE_CONFIG = CONFIG_DIR / "baseline.yaml"
@@ -100,20 +102,10 @@ def install_image_base(out: Path) -> Path:
 
     folder = out / "image_base"
     if not folder.is_dir():
-        tmp = out / ".image_base.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        for part in IMAGE_MODEL_PARTS:
-            shutil.copytree(default_model_dir() / part, tmp / part)
-        os.replace(tmp, folder)
+        with atomic_dir(folder) as tmp:
+            for part in IMAGE_MODEL_PARTS:
+                shutil.copytree(default_model_dir() / part, tmp / part)
     return folder
-
-
-def trained_to(run: Path) -> int | None:
-    """The step of a run's newest checkpoint (None: none yet)."""
-    from ..training.checkpoints import checkpoints
-
-    found = checkpoints(run)
-    return json.loads((found[-1] / "trainer_state.json").read_text())["step"] if found else None
 
 
 def is_trained(run: Path, steps: int) -> bool:
@@ -169,10 +161,8 @@ def train_arm(name: str, settings: TrainingSettings, out: Path, image_base: Path
                 if trained_to(run) != n - k:
                     raise SystemExit(f"{run} went past step {n - k} without its model there being kept "
                                      f"({snapshot}); remove {run} to train it again")
-                tmp = out / f".{snapshot.name}.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(run / "final", tmp)
-                os.replace(tmp, snapshot)
+                with atomic_dir(snapshot) as tmp:
+                    shutil.copytree(run / "final", tmp, dirs_exist_ok=True)
         if not is_trained(run, n):
             legs[1] = train(run, image_base, n, settings, {}, launch)
         seconds = None if None in legs[int(not k):] else sum(x for x in legs if x is not None)

@@ -10,9 +10,7 @@ judging; `scripts/qlora_claim.py` runs them (its docstring tells the whole desig
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,6 +20,7 @@ from ..data.shapes import (
     DIAGONALS, SPEEDS, VIDEO_HELD_OUT_PAIRS, VIDEO_PAIRS, canonical_caption, render_clip, sample_spec,
     write_clip_folder,
 )
+from ..utils.files import atomic_dir
 
 CONFIGS = CONFIGS_DIR / "experiments" / "qlora_claim"
 METHODS = ("full", "lora", "qlora", "qlora_paged")
@@ -38,20 +37,17 @@ def config_path(method: str) -> Path:
 def render_data(folder: str | Path, clips: int, seed: int) -> None:
     """`clips` diagonal clips of the video pairs as GIF + caption (random phrasings), written once.
 
-    The folder is built beside (`.NAME.tmp`) and renamed into place with a DONE marker of its settings; a
-    folder of other settings, or one left part-written by an older version, is rebuilt.
+    The folder is built beside (`atomic_dir`) and renamed into place with a DONE marker of its settings; a
+    folder of other settings (this experiment's own data), or one left part-written by an older version, is
+    replaced.
     """
     folder = Path(folder)
     done = folder / "DONE"
     if done.is_file() and done.read_text() == f"{clips} {seed}":
         return
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    write_clip_folder(tmp, clips, seed, num_frames=NUM_FRAMES, fps=FPS, pairs=VIDEO_PAIRS, directions=DIAGONALS)
-    (tmp / "DONE").write_text(f"{clips} {seed}")
-    if folder.is_dir() and any(folder.iterdir()):
-        shutil.rmtree(folder)  # this experiment's own data of other settings
-    os.replace(tmp, folder)
+    with atomic_dir(folder) as tmp:
+        write_clip_folder(tmp, clips, seed, num_frames=NUM_FRAMES, fps=FPS, pairs=VIDEO_PAIRS, directions=DIAGONALS)
+        (tmp / "DONE").write_text(f"{clips} {seed}")
 
 
 def concept_prompts() -> list[dict]:

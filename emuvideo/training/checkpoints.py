@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import shutil
 import zipfile
 from pathlib import Path
 
-from ..utils.files import plain_permissions
+from ..utils.files import swap_in  # noqa: F401  (renames a complete folder into place; the trainer's)
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +27,12 @@ def checkpoints(output_dir: Path) -> list[Path]:
     found = [p for p in root.glob("checkpoint-*") if re.fullmatch(r"checkpoint-\d+", p.name)
              and p.is_dir() and (p / "trainer_state.json").is_file()]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def trained_to(output_dir: Path) -> int | None:
+    """The step of a run's newest checkpoint (None: none yet)."""
+    found = checkpoints(output_dir)
+    return json.loads((found[-1] / "trainer_state.json").read_text())["step"] if found else None
 
 
 def _file_problem(path: Path) -> str | None:
@@ -117,24 +122,11 @@ def resolve_resume(output_dir: Path, resume: str | None) -> Path | None:
     return path
 
 
-def swap_in(tmp: Path, final: Path) -> None:
-    """Rename the complete folder `tmp` to `final`, replacing an older `final` (a rename cannot overwrite); its
-    weights readable as its JSON files are (`plain_permissions`: accelerate's and diffusers' safetensors are 0o600)."""
-    plain_permissions(tmp)
-    if final.exists():
-        old = final.with_name(f".old-{final.name}")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old)
-    else:
-        os.replace(tmp, final)
-
-
 def remove_leftovers(output_dir: Path) -> None:
     """Folders a killed run left half-written or half-deleted: never read, removed at the next start."""
     leftovers = [*(output_dir / "checkpoints").glob(".*-checkpoint-*"), *output_dir.glob(".*-final"),
-                 *output_dir.glob(".*final.tmp-*"), *output_dir.glob(".*final.old-*")]  # save_fn's own temporaries
+                 *output_dir.glob(".*final.tmp-*"),  # save_fn's own temporaries (`atomic_dir`)
+                 *output_dir.glob(".*final.old-*")]  # what older versions' save_fn moved aside
     for path in leftovers:
         logger.info("removing %s (left by a run that was stopped while writing it)", path)
         shutil.rmtree(path, ignore_errors=True)

@@ -18,12 +18,9 @@ Loading (`load_lora`, `pipe.load_lora_weights`, `unet.load_lora_adapter`) is inf
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
@@ -37,7 +34,7 @@ from torch import nn
 from ..loaders.lora_pipeline import apply_lora, lora_specs  # noqa: F401
 from ..loaders.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, PEFT_PREFIX, load_lora, merge_lora_layers  # noqa: F401
 from ..loaders.peft import peft_base_model, set_lora_scale  # noqa: F401
-from ..utils.files import plain_permissions
+from ..utils.files import atomic_dir
 from .config import LoraConfig
 
 ADAPTABLE = (nn.Linear, nn.Conv2d, nn.Conv3d)  # bnb Linear4bit is an nn.Linear
@@ -100,35 +97,13 @@ def add_lora(
 
 
 # ---------------------------------------------------------------------------------------------- files
-@contextlib.contextmanager
-def _atomic_dir(folder: Path):
-    """Yield a temporary folder beside `folder`; on success it replaces `folder` (a reader never sees half), its
-    weights readable as its JSON files are (`plain_permissions`)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = folder.parent / f".{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()  # not mkdtemp: its 0700 mode would stay on the renamed folder
-    try:
-        yield tmp
-        plain_permissions(tmp)
-        if folder.exists():  # a rename cannot overwrite a folder: move the old one aside first
-            old = tmp.with_name(tmp.name.replace(".tmp-", ".old-"))
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 def save_lora(model: nn.Module, folder: str | Path, adapter_name: str = "default") -> Path:
     """Write `model`'s adapter as a peft LoRA folder (see module docstring), atomically."""
     folder = Path(folder)
     config = model.peft_config[adapter_name]
     state = get_peft_model_state_dict(model, adapter_name=adapter_name, save_embedding_layers=False)
     tensors = {PEFT_PREFIX + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in state.items()}
-    with _atomic_dir(folder) as tmp:
+    with atomic_dir(folder) as tmp:
         save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
         inference = PeftLoraConfig(**{**config.to_dict(), "inference_mode": True})
         inference.save_pretrained(str(tmp))
@@ -146,7 +121,7 @@ def save_model_folder(pipe, out: str | Path, base_dir: str | Path | None = None)
     out = Path(out)
     index = Path(base_dir) / "model_index.json" if base_dir is not None else None
     copy = index is not None and index.is_file() and json.loads(index.read_text())["_class_name"] == "EmuVideoPipeline"
-    with _atomic_dir(out) as tmp:
+    with atomic_dir(out) as tmp:
         if copy:
             shutil.copytree(base_dir, tmp, dirs_exist_ok=True)
             shutil.rmtree(tmp / "unet")

@@ -1,6 +1,6 @@
 """Benchmark helpers for scripts/: where a command's start-up goes, from `python -X importtime`
-(scripts/import_time.py); a process's peak resident memory and the device's name (bench_finetune.py,
-bench_train_speed.py)."""
+(scripts/import_time.py); a process's peak resident memory, the device's name and the shapes of a training step's
+random inputs (bench_finetune.py, bench_train_speed.py)."""
 
 from __future__ import annotations
 

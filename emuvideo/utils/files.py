@@ -1,10 +1,12 @@
-"""Writing files so that a reader never sees a half-written one: write beside, then rename."""
+"""Writing files and folders so that a reader never sees a half-written one: write beside, then rename."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
+import uuid
 from pathlib import Path
 
 
@@ -76,3 +78,38 @@ def plain_permissions(path: str | Path) -> None:
     for file in files:
         if file.is_file() and not file.is_symlink() and file.stat().st_mode & 0o777 != mode:
             os.chmod(file, mode)
+
+
+def swap_in(tmp: str | Path, final: str | Path) -> None:
+    """Rename the complete folder `tmp` to `final`, replacing an older `final`, its weights readable as its JSON
+    files are (`plain_permissions`: safetensors, and copies of what it wrote, are 0o600).
+
+    A rename cannot overwrite a folder: the old `final` is moved aside to `.old-NAME` first, then deleted (a copy
+    left there by a kill is deleted the next time).
+    """
+    tmp, final = Path(tmp), Path(final)
+    plain_permissions(tmp)
+    if final.exists():
+        old = final.with_name(f".old-{final.name}")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path):
+    """Yield a new empty folder beside `path` (`.NAME.tmp-PID-XXXXXXXX`); on success it replaces `path`
+    (`swap_in`: a reader never sees half a folder, its weights get `plain_permissions`), on error it is removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()  # not mkdtemp: its 0700 mode would stay on the renamed folder
+    try:
+        yield tmp
+        swap_in(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
